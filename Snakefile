@@ -1,0 +1,16 @@
+# Wiring only: each stage lives in workflow/rules/<stage>.smk; common.smk validates the config and
+# builds the run matrix. The embedded default runs with `snakemake --cores all`.
+from snakemake.utils import min_version
+
+min_version("8.20")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+
+
+rule all:
+    input:
+        all_targets,

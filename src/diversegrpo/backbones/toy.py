@@ -1,0 +1,128 @@
+"""The embedded default's backbone: diffusers' own SD3 MMDiT, tiny, in pixel space, with a text
+encoder of the project's own (one learned vector per word of the toy vocabulary)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .. import world
+from ..io import save_safetensors, write_json
+from .base import Backbone, Conditioning
+
+NULL = "<null>"
+VOCAB = [NULL, *world.COLOURS, *world.SHAPES]
+WEIGHTS, CONFIG = "model.safetensors", "config.json"
+# Attention projections of the joint blocks: the LoRA targets that work for SD3 (DESIGN §5).
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
+
+
+@dataclass
+class ToyConfig:
+    image_size: int = world.IMAGE_SIZE
+    patch_size: int = 4
+    num_layers: int = 3
+    num_attention_heads: int = 2
+    attention_head_dim: int = 32
+    text_dim: int = 32
+    shift: float = 1.0
+
+    def transformer_kwargs(self) -> dict:
+        return dict(
+            sample_size=self.image_size,
+            patch_size=self.patch_size,
+            in_channels=3,
+            out_channels=3,
+            num_layers=self.num_layers,
+            attention_head_dim=self.attention_head_dim,
+            num_attention_heads=self.num_attention_heads,
+            joint_attention_dim=self.text_dim,
+            caption_projection_dim=self.num_attention_heads * self.attention_head_dim,
+            pooled_projection_dim=self.text_dim,
+            pos_embed_max_size=self.image_size // self.patch_size,
+        )
+
+
+class ToyTextEncoder(nn.Module):
+    """prompt -> (colour, shape) tokens -> (B, 2, D) states and a (B, D) pooled vector."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.token = nn.Embedding(len(VOCAB), dim)
+        self.position = nn.Parameter(torch.zeros(2, dim))
+        self.pool = nn.Linear(dim, dim)
+
+    def token_ids(self, prompts: list[str]) -> torch.Tensor:
+        ids = [[0, 0] if p == "" else [VOCAB.index(w) for w in world.parse(p)] for p in prompts]
+        return torch.tensor(ids, dtype=torch.long, device=self.position.device)
+
+    def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        states = self.token(ids) + self.position  # (B, 2, D)
+        return states, self.pool(states.mean(dim=1))
+
+
+class ToyBackbone(Backbone):
+    """Pixel-space tiny MMDiT: latents are images scaled to [-1, 1]."""
+
+    def __init__(self, config: ToyConfig | None = None, device: str | torch.device = "cpu"):
+        from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
+
+        self.config = config or ToyConfig()
+        self.device = torch.device(device)
+        self.transformer = SD3Transformer2DModel(**self.config.transformer_kwargs()).to(self.device)
+        self.text_encoder = ToyTextEncoder(self.config.text_dim).to(self.device)
+        self.latent_shape = (3, self.config.image_size, self.config.image_size)
+        self.shift = self.config.shift
+        self.lora_pipeline_class = StableDiffusion3Pipeline
+
+    # ----- the adapter interface -------------------------------------------------------------
+    def encode_prompts(self, prompts: list[str]) -> Conditioning:
+        with torch.no_grad():
+            embeds, pooled = self.text_encoder(self.text_encoder.token_ids(prompts))
+            neg_embeds, neg_pooled = self.text_encoder(self.text_encoder.token_ids([""] * len(prompts)))
+        return Conditioning(embeds, pooled, neg_embeds, neg_pooled)
+
+    def predict(self, x, sigma, embeds, pooled):
+        return self.transformer(
+            hidden_states=x, encoder_hidden_states=embeds, pooled_projections=pooled, timestep=sigma * 1000
+        ).sample
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return ((latents.float() + 1) / 2).clamp(0, 1)
+
+    @staticmethod
+    def encode_images(images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] -> latents in [-1, 1] (the inverse of decode)."""
+        return images * 2 - 1
+
+    # ----- weights ---------------------------------------------------------------------------
+    def trainable_modules(self) -> nn.ModuleDict:
+        return nn.ModuleDict({"transformer": self.transformer, "text": self.text_encoder})
+
+    def save(self, directory: str | os.PathLike, metadata: dict | None = None) -> None:
+        directory = Path(directory)
+        write_json(asdict(self.config), directory / CONFIG)
+        state = self.trainable_modules().state_dict()
+        save_safetensors(state, directory / WEIGHTS, metadata={k: str(v) for k, v in (metadata or {}).items()})
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> "ToyBackbone":
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        for name in (CONFIG, WEIGHTS):
+            if not (directory / name).exists():
+                raise FileNotFoundError(
+                    f"toy backbone file {directory / name} is missing: run the pipeline's backbone stage "
+                    f"(snakemake {directory / WEIGHTS}) to pre-train it"
+                )
+        backbone = cls(ToyConfig(**json.loads((directory / CONFIG).read_text())), device=device)
+        backbone.trainable_modules().load_state_dict(load_file(str(directory / WEIGHTS), device=str(device)))
+        backbone.transformer.eval()
+        backbone.text_encoder.eval().requires_grad_(False)
+        return backbone

@@ -1,0 +1,105 @@
+"""Artifacts on disk: every write goes to a temporary sibling and is renamed into place, so a reader
+(or a rerun after a kill) never sees a partial Parquet, safetensors or JSON file."""
+
+from __future__ import annotations
+
+import contextlib
+import io as _io
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import pandas as pd
+import torch
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it replaces `path` in one rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary directory; on success its files are renamed into `path` one by one (each atomic)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp.", dir=path))
+    try:
+        yield tmp
+        for f in tmp.iterdir():
+            os.replace(f, path / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_parquet(df: pd.DataFrame, path: str | os.PathLike) -> None:
+    with atomic_path(path) as tmp:
+        df.to_parquet(tmp, index=False)
+
+
+def write_json(obj, path: str | os.PathLike) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def write_text(text: str, path: str | os.PathLike) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_bytes(data: bytes, path: str | os.PathLike) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict | None = None) -> None:
+    from safetensors.torch import save_file
+
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise FloatingPointError(f"refusing to write non-finite tensors to {path}: {bad[:5]}")
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+
+
+def save_state(state: dict, path: str | os.PathLike) -> None:
+    """A training checkpoint (tensors, numbers, strings in nested dicts): loadable with weights_only=True."""
+    buffer = _io.BytesIO()
+    torch.save(state, buffer)
+    write_bytes(buffer.getvalue(), path)
+
+
+def load_state(path: str | os.PathLike) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def png_bytes(image: torch.Tensor) -> bytes:
+    """(3, H, W) float in [0, 1] -> PNG bytes."""
+    from PIL import Image
+
+    array = (image.detach().float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+    buffer = _io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def png_tensor(data: bytes) -> torch.Tensor:
+    """PNG bytes -> (3, H, W) float in [0, 1]."""
+    import numpy as np
+    from PIL import Image
+
+    array = np.asarray(Image.open(_io.BytesIO(data)).convert("RGB"), dtype="float32") / 255.0
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()

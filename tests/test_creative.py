@@ -1,0 +1,83 @@
+"""The creative reward: planted clusters, bonuses, k='auto', determinism and the mixing."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from diversegrpo.creative import affinity, cosine_distances, eigengap_k, exploration_bonus, mix
+
+
+def planted(sizes=(12, 8, 4), dim=16, noise=0.05, seed=0):
+    """Embeddings around orthogonal centres, one cluster per size; shuffled so order carries nothing."""
+    g = torch.Generator().manual_seed(seed)
+    truth = torch.cat([torch.full((n,), c) for c, n in enumerate(sizes)])
+    perm = torch.randperm(len(truth), generator=g)
+    truth = truth[perm]
+    e = torch.eye(dim)[truth] + noise * torch.randn(len(truth), dim, generator=g)
+    return e, truth
+
+
+def same_partition(a, b):
+    a, b = np.asarray(a), np.asarray(b)
+    return all(len(set(b[a == c])) == 1 for c in set(a)) and len(set(a)) == len(set(b))
+
+
+@pytest.mark.parametrize("sigma", ["median", "local", 0.5])
+def test_planted_clusters_recovered_with_their_bonuses(sigma):
+    e, truth = planted()
+    out = exploration_bonus(cosine_distances(e), k=3, sigma=sigma)
+    assert same_partition(out.labels, truth)
+    expected = torch.tensor([math.sqrt(24 / n) for n in (12, 8, 4)])[truth]
+    torch.testing.assert_close(out.bonus, expected.float())
+    assert out.num_clusters == 3
+
+
+def test_auto_k_finds_three_separated_clusters_with_local_widths():
+    e, truth = planted(seed=4)
+    out = exploration_bonus(cosine_distances(e), k="auto", sigma="local", k_max=6)
+    assert out.num_clusters == 3 and same_partition(out.labels, truth)
+
+
+def test_auto_k_finds_other_counts_too():
+    e, truth = planted(sizes=(6, 6, 6, 6, 6), dim=8, seed=5)
+    out = exploration_bonus(cosine_distances(e), k="auto", sigma="local", k_max=8)
+    assert out.num_clusters == 5 and same_partition(out.labels, truth)
+
+
+def test_same_input_same_output():
+    e, _ = planted(noise=0.4, seed=7)  # noisy: clusters overlap, so any randomness would show
+    a = exploration_bonus(cosine_distances(e), k=4, sigma="median")
+    b = exploration_bonus(cosine_distances(e.clone()), k=4, sigma="median")
+    assert torch.equal(a.labels, b.labels) and torch.equal(a.bonus, b.bonus)
+
+
+def test_a_collapsed_group_gets_no_bonus_spread():
+    e = torch.ones(8, 4) + 1e-6 * torch.arange(32.0).view(8, 4)
+    out = exploration_bonus(cosine_distances(e), k=1)
+    torch.testing.assert_close(out.bonus, torch.ones(8))
+
+
+def test_affinity_and_eigengap_values():
+    d = np.array([[0.0, 1.0], [1.0, 0.0]])
+    np.testing.assert_allclose(affinity(d, sigma=1.0), [[0, math.exp(-0.5)], [math.exp(-0.5), 0]])
+    np.testing.assert_allclose(affinity(d, sigma="median"), affinity(d, sigma=1.0))
+    assert eigengap_k(np.array([1.0, 0.99, 0.98, 0.2, 0.1]), k_max=4) == 3
+
+
+def test_bad_k_is_rejected():
+    e, _ = planted()
+    with pytest.raises(ValueError, match="k must be"):
+        exploration_bonus(cosine_distances(e), k=25)
+
+
+def test_mix_raw_and_standardised():
+    q, bonus = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1.0, 1.0, 4.0])
+    torch.testing.assert_close(mix(q, bonus, beta=0.5, scale="raw"), torch.tensor([1.5, 2.5, 5.0]))
+    z = mix(q, bonus, beta=1.0, scale="standardised")
+    zq = (q - 2) / q.std(unbiased=False)
+    zb = (bonus - 2) / bonus.std(unbiased=False)
+    torch.testing.assert_close(z, zq + zb)
+    # constant bonus: standardising gives 0, not a division by zero
+    torch.testing.assert_close(mix(q, torch.ones(3), 1.0, "standardised"), zq)
