@@ -1,0 +1,172 @@
+"""Stable Diffusion 3.5 (Medium in the paper) behind the backbone adapter: an MMDiT in a 16-channel VAE
+latent space, three text encoders (two CLIPs + T5; T5 may be left out), CFG as one [uncond, cond] batch.
+
+Also holds what the FLUX adapter shares: dtype/autocast choice, freezing, loading a pipeline offline,
+and saving LoRA adapters with their alpha (so that diffusers reloads them at the trained scale).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import torch
+
+from ..io import atomic_dir
+from ..weights import SD3_MEDIUM, resolve_model
+from .base import LORA_WEIGHTS, Backbone, Conditioning, LoraSpec
+
+# Attention projections of the joint blocks (DESIGN §5); the bare names also hit SD3.5-M's attn2.
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+def resolve_dtype(name: str | torch.dtype | None, device: str | torch.device) -> torch.dtype:
+    """`auto`: bf16 on CUDA (the paper's setting), fp32 on CPU (bf16 matmuls there are slow and lossy)."""
+    if isinstance(name, torch.dtype):
+        return name
+    if name in (None, "auto"):
+        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)} or auto, got {name!r}")
+    return DTYPES[name]
+
+
+def load_pipeline(pipeline_class, spec: dict, default_model: str, device, dtype: torch.dtype, **kwargs):
+    """A diffusers pipeline from a local directory or the HF cache; never downloads."""
+    path = resolve_model(spec.get("model") or default_model)
+    pipe = pipeline_class.from_pretrained(str(path), torch_dtype=dtype, local_files_only=True, **kwargs)
+    return pipe.to(device)
+
+
+class DiffusersBackbone(Backbone):
+    """What SD3 and FLUX share: frozen components, bf16 autocast on CUDA, LoRA saved with its alpha."""
+
+    lora_targets: list[str] | str = LORA_TARGETS
+
+    def _setup(self, pipe, spec: dict, device) -> None:
+        self.pipe, self.spec = pipe, dict(spec)
+        self.transformer, self.vae = pipe.transformer, pipe.vae
+        self.device = torch.device(device)
+        self.dtype = self.transformer.dtype
+        for name, module in pipe.components.items():
+            if isinstance(module, torch.nn.Module):
+                module.requires_grad_(False).eval()  # only LoRA parameters ever train
+        if spec.get("gradient_checkpointing", False):
+            self.transformer.enable_gradient_checkpointing()
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        side = int(spec.get("resolution", 512)) // self.vae_scale_factor
+        self.latent_shape = (self.vae.config.latent_channels, side, side)
+        self._lora_alpha: float | None = None
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16/fp16 autocast for the transformer on CUDA; the SDE math stays fp32 (sde_step casts)."""
+        if self.device.type == "cuda" and self.dtype != torch.float32:
+            return torch.autocast("cuda", dtype=self.dtype)
+        return contextlib.nullcontext()
+
+    def lora_spec(self) -> LoraSpec:
+        """The config's `lora: {rank, alpha, init}` with this backbone's targets."""
+        lora = self.spec.get("lora", {})
+        return LoraSpec(rank=int(lora.get("rank", 32)), alpha=float(lora.get("alpha", 64)),
+                        target_modules=self.lora_targets, init=lora.get("init", "gaussian"))
+
+    def add_lora(self, spec: LoraSpec | None = None) -> None:
+        spec = spec or self.lora_spec()
+        super().add_lora(spec)
+        self._lora_alpha = float(spec.alpha)
+
+    def save_lora(self, directory: str | os.PathLike) -> Path:
+        """diffusers-loadable adapter. The base class's writer drops lora_alpha, and diffusers then loads
+        alpha = rank (scale 1 instead of alpha / rank): write the adapter's own PEFT config beside it."""
+        state = self.lora_state_dict()
+        bad = [k for k, v in state.items() if not torch.isfinite(v).all()]
+        if bad:
+            raise FloatingPointError(f"refusing to write a LoRA with non-finite weights: {bad[:5]}")
+        config = self.transformer.peft_config["default"]
+        metadata = {
+            "r": config.r, "lora_alpha": config.lora_alpha,
+            "target_modules": sorted(config.target_modules) if isinstance(config.target_modules, set) else config.target_modules,
+        }
+        with atomic_dir(directory) as tmp:
+            self.lora_pipeline_class.save_lora_weights(
+                tmp, transformer_lora_layers=state, safe_serialization=True, transformer_lora_adapter_metadata=metadata
+            )
+        return Path(directory) / LORA_WEIGHTS
+
+    def load_lora(self, directory: str | os.PathLike) -> None:
+        if not getattr(self.transformer, "peft_config", None):
+            self.add_lora()  # a fresh backbone: attach the configured adapter, then fill it
+        super().load_lora(directory)
+
+    @torch.no_grad()
+    def _vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) model-space latents -> (B, 3, H, W) in [0, 1]."""
+        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
+        latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor + shift
+        images = self.vae.decode(latents, return_dict=False)[0]
+        return ((images.float() + 1) / 2).clamp(0, 1)
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] -> model-space latents (the inverse of decode, up to the VAE)."""
+        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
+        dist = self.vae.encode((images * 2 - 1).to(self.device, self.vae.dtype)).latent_dist
+        return ((dist.mean - shift) * self.vae.config.scaling_factor).float()
+
+
+class SD3Backbone(DiffusersBackbone):
+    """SD3 / SD3.5: `spec` keys beyond the common ones: resolution, dtype, gradient_checkpointing,
+    negative_prompt (default ""), max_sequence_length (T5 tokens, default 256), t5 (load T5, default true)."""
+
+    def __init__(self, pipe, spec: dict | None = None, device: str | torch.device | None = None):
+        from diffusers import StableDiffusion3Pipeline
+
+        spec = spec or {}
+        self._setup(pipe, spec, device or pipe.transformer.device)
+        self.lora_pipeline_class = StableDiffusion3Pipeline
+        # The sigma schedule's shift is the scheduler's (3.0 for SD3.5), unless the spec overrides it.
+        self.shift = float(spec.get("shift") or pipe.scheduler.config.get("shift", 1.0))
+        self.negative_prompt = spec.get("negative_prompt", "")
+        self.max_sequence_length = int(spec.get("max_sequence_length", 256))
+
+    @classmethod
+    def from_pipeline(cls, pipe, spec: dict | None = None) -> "SD3Backbone":
+        return cls(pipe, spec)
+
+    @classmethod
+    def from_spec(cls, spec: dict, device: str | torch.device = "cpu") -> "SD3Backbone":
+        from diffusers import StableDiffusion3Pipeline
+
+        dtype = resolve_dtype(spec.get("dtype", "auto"), device)
+        # T5-XXL is ~9.5 GB in bf16; without it SD3 conditions on the CLIPs only (zeros in T5's slot).
+        extra = {} if spec.get("t5", True) else {"text_encoder_3": None, "tokenizer_3": None}
+        pipe = load_pipeline(StableDiffusion3Pipeline, spec, SD3_MEDIUM, device, dtype, **extra)
+        return cls(pipe, spec, device)
+
+    def encode_prompts(self, prompts: list[str]) -> Conditioning:
+        with torch.no_grad():
+            embeds, neg_embeds, pooled, neg_pooled = self.pipe.encode_prompt(
+                prompt=prompts, prompt_2=prompts, prompt_3=prompts, device=self.device,
+                do_classifier_free_guidance=True, negative_prompt=[self.negative_prompt] * len(prompts),
+                negative_prompt_2=[self.negative_prompt] * len(prompts),
+                negative_prompt_3=[self.negative_prompt] * len(prompts),
+                max_sequence_length=self.max_sequence_length,
+            )
+        # (B, L_clip + L_t5, D), (B, L, D), (B, P), (B, P)
+        return Conditioning(embeds, pooled, neg_embeds, neg_pooled)
+
+    def predict(self, x, sigma, embeds, pooled):
+        """(B, C, h, w) raw velocity; SD3 takes timesteps in [0, 1000]."""
+        with self.autocast():
+            out = self.transformer(
+                hidden_states=x.to(self.dtype), timestep=(sigma * 1000).to(self.dtype),
+                encoder_hidden_states=embeds.to(self.dtype), pooled_projections=pooled.to(self.dtype),
+                return_dict=False,
+            )[0]
+        return out
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return self._vae_decode(latents)

@@ -1,0 +1,128 @@
+"""Tiny random-weight stand-ins for the paper world's models, assembled offline from configs:
+SD3 and FLUX pipelines (CLIP + T5 text encoders, VAE, transformer), a CLIP for PickScore/CLIPScore, and
+a DreamSim cache in its real on-disk layout. Imported by the tests/test_paper_*.py files."""
+
+from __future__ import annotations
+
+import json
+import os
+import string
+from pathlib import Path
+
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+RESOLUTION = 16  # pixels; the tiny VAE halves it once: 8x8 latents, 16 image tokens
+WORDS = "a photo of cat dog red blue green painting an the in on with".split()
+
+
+def write_clip_vocab(directory: Path) -> tuple[Path, Path]:
+    """A character-level BPE vocabulary (no merges): every prompt of lowercase letters tokenises."""
+    directory.mkdir(parents=True, exist_ok=True)
+    chars = list(string.ascii_lowercase + string.digits + ".,!?'-")
+    tokens = ["<|startoftext|>", "<|endoftext|>"] + chars + [c + "</w>" for c in chars]
+    vocab, merges = directory / "vocab.json", directory / "merges.txt"
+    vocab.write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
+    merges.write_text("#version: 0.2\n")
+    return vocab, merges
+
+
+def clip_tokenizer(directory: Path):
+    from transformers import CLIPTokenizer
+
+    vocab, merges = write_clip_vocab(directory)
+    # transformers 5 takes vocab=/merges= (the old vocab_file= keyword is silently ignored).
+    return CLIPTokenizer(vocab=str(vocab), merges=str(merges), model_max_length=77)
+
+
+def clip_text_config(hidden: int = 16, projection: int = 16):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=80, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+        num_attention_heads=2, max_position_embeddings=77, projection_dim=projection,
+        bos_token_id=0, eos_token_id=1, pad_token_id=1,
+    )
+
+
+def t5_parts(d_model: int = 32):
+    """A tiny T5 encoder and a word-level fast tokenizer (no sentencepiece file needed)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    config = T5Config(vocab_size=len(vocab), d_model=d_model, d_ff=2 * d_model, d_kv=8, num_heads=2, num_layers=1,
+                      decoder_start_token_id=0)
+    return T5EncoderModel(config), tokenizer
+
+
+def tiny_vae(latent_channels: int, shift_factor: float = 0.0609, scaling_factor: float = 1.5305):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=latent_channels, block_out_channels=(8, 8),
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=1, norm_num_groups=4, sample_size=RESOLUTION,
+        shift_factor=shift_factor, scaling_factor=scaling_factor, use_quant_conv=False, use_post_quant_conv=False,
+    )
+
+
+def tiny_sd3_pipeline(tmp: Path, seed: int = 0):
+    """StableDiffusion3Pipeline without T5, with SD3.5-M's structure in miniature (dual attention, qk rms norm)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(
+        sample_size=RESOLUTION // 2, patch_size=2, in_channels=4, out_channels=4, num_layers=2,
+        attention_head_dim=8, num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=16,
+        pooled_projection_dim=32, pos_embed_max_size=8, dual_attention_layers=(0,), qk_norm="rms_norm",
+    )
+    return StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=tiny_vae(4),
+        text_encoder=CLIPTextModelWithProjection(clip_text_config()),
+        tokenizer=clip_tokenizer(tmp / "tok1"),
+        text_encoder_2=CLIPTextModelWithProjection(clip_text_config()),
+        tokenizer_2=clip_tokenizer(tmp / "tok2"),
+        text_encoder_3=None,
+        tokenizer_3=None,
+    )
+
+
+def tiny_flux_pipeline(tmp: Path, seed: int = 0):
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=16, guidance_embeds=True,
+        axes_dims_rope=(4, 4, 8),
+    )
+    t5, t5_tokenizer = t5_parts(32)
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096
+    )
+    return FluxPipeline(
+        transformer=transformer, scheduler=scheduler, vae=tiny_vae(4, 0.1159, 0.3611),
+        text_encoder=CLIPTextModel(clip_text_config()), tokenizer=clip_tokenizer(tmp / "tok1"),
+        text_encoder_2=t5, tokenizer_2=t5_tokenizer,
+    )
+
+
+BACKBONE_SPEC = {"resolution": RESOLUTION, "dtype": "float32", "max_sequence_length": 8,
+                 "lora": {"rank": 4, "alpha": 8, "init": "gaussian"}}
+
+
+def perturb_lora(backbone, scale: float = 0.5, seed: int = 1) -> None:
+    """Give every LoRA matrix random values, so that the adapter visibly changes the output (B starts at 0)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in backbone.lora_parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * scale)
