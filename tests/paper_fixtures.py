@@ -126,3 +126,44 @@ def perturb_lora(backbone, scale: float = 0.5, seed: int = 1) -> None:
     with torch.no_grad():
         for p in backbone.lora_parameters():
             p.copy_(torch.randn(p.shape, generator=g) * scale)
+
+
+def save_tiny_clip(directory: Path, image_size: int = 32) -> tuple[Path, Path]:
+    """A random CLIPModel and its processor saved like the hub's (model dir, processor dir)."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPVisionConfig
+
+    torch.manual_seed(0)
+    vision = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=image_size, patch_size=8, projection_dim=16)
+    config = CLIPConfig(text_config=clip_text_config().to_dict(), vision_config=vision.to_dict(), projection_dim=16,
+                        logit_scale_init_value=2.6592)
+    model_dir, processor_dir = directory / "clip_model", directory / "clip_processor"
+    CLIPModel(config).save_pretrained(model_dir)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": image_size},
+                                         crop_size={"height": image_size, "width": image_size})
+    CLIPProcessor(image_processor=image_processor, tokenizer=clip_tokenizer(directory / "clip_tok")).save_pretrained(processor_dir)
+    return model_dir, processor_dir
+
+
+def build_dreamsim_cache(cache: Path, seed: int = 0) -> Path:
+    """A random-weight DreamSim `open_clip_vitb32` cache in the real layout: the ViT checkpoint
+    (state_dict + proj) and the LoRA adapter directory that dreamsim loads with PEFT."""
+    from dreamsim.feature_extraction.vision_transformer import vit_base
+    from dreamsim.model import PerceptualModel
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    cache.mkdir(parents=True, exist_ok=True)
+    vit = vit_base(patch_size=32)
+    vit.pos_drop = torch.nn.LayerNorm(vit.embed_dim)  # dreamsim swaps it in before loading
+    state = {**vit.state_dict(), "proj": torch.randn(vit.embed_dim, 512) * 0.05}
+    torch.save({"state_dict": state}, cache / "open_clip_vitb32_pretrain.pth.tar")
+    model = PerceptualModel(model_type="open_clip_vitb32", feat_type="embedding", stride="32", lora=True,
+                            load_dir=str(cache), device="cpu", normalize_embeds=True)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, bias="none", target_modules=["qkv"]))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)  # non-zero, so a loader that dropped the adapter would be caught
+    peft_model.save_pretrained(cache / "open_clip_vitb32_single_lora")
+    return cache

@@ -1,0 +1,76 @@
+"""CLIP-family scoring shared by PickScore and CLIPScore: tensor preprocessing (no PIL round trip),
+unit-norm image and text embeddings, and an offline loader for a CLIP model + processor."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..weights import resolve_model
+
+
+def load_clip(model: str, processor: str, device) -> tuple[torch.nn.Module, object]:
+    """A transformers CLIPModel and its processor from local dirs or the HF cache (never downloaded)."""
+    from transformers import AutoModel, AutoProcessor
+
+    processor_obj = AutoProcessor.from_pretrained(str(resolve_model(processor)), local_files_only=True)
+    model_obj = AutoModel.from_pretrained(str(resolve_model(model)), local_files_only=True)
+    return model_obj.to(device).eval().requires_grad_(False), processor_obj
+
+
+def _size(value, key: str) -> int:
+    return int(value[key] if isinstance(value, dict) else getattr(value, key, None) or value)
+
+
+def preprocess(images: torch.Tensor, processor) -> torch.Tensor:
+    """(B, 3, H, W) in [0, 1] -> (B, 3, S, S) CLIP pixel values: resize the short side (bicubic),
+    centre-crop, normalise — the CLIP image processor's steps, done on tensors."""
+    ip = processor.image_processor
+    short = _size(ip.size, "shortest_edge") if ip.size else 224
+    crop = ip.crop_size
+    ch, cw = (_size(crop, "height"), _size(crop, "width")) if crop else (short, short)
+    _, _, h, w = images.shape
+    scale = short / min(h, w)
+    nh, nw = max(ch, round(h * scale)), max(cw, round(w * scale))
+    x = images.float()
+    if (nh, nw) != (h, w):
+        x = F.interpolate(x, size=(nh, nw), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+    top, left = (nh - ch) // 2, (nw - cw) // 2
+    x = x[:, :, top : top + ch, left : left + cw]  # (B, 3, ch, cw)
+    mean = torch.tensor(ip.image_mean, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(ip.image_std, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def image_embeds(model, processor, images: torch.Tensor) -> torch.Tensor:
+    """(B, D) unit-norm image embeddings. Goes through vision_model + projection directly: in
+    transformers 5 `get_image_features` returns an output object, in 4.x a tensor."""
+    device = next(model.parameters()).device
+    pixels = preprocess(images.to(device), processor).to(model.dtype)
+    pooled = model.vision_model(pixel_values=pixels).pooler_output
+    return F.normalize(model.visual_projection(pooled).float(), dim=-1)
+
+
+def text_embeds(model, processor, prompts: list[str]) -> torch.Tensor:
+    """(B, D) unit-norm text embeddings (CLIP's 77-token context, truncated)."""
+    device = next(model.parameters()).device
+    tok = processor.tokenizer(prompts, padding="max_length", truncation=True,
+                              max_length=min(77, processor.tokenizer.model_max_length), return_tensors="pt")
+    out = model.text_model(input_ids=tok.input_ids.to(device), attention_mask=tok.attention_mask.to(device))
+    return F.normalize(model.text_projection(out.pooler_output).float(), dim=-1)
+
+
+def batched(fn, images: torch.Tensor, prompts: list[str], batch_size: int) -> torch.Tensor:
+    """Score in chunks so that a group of 24 x 1024 px images does not hold all activations at once."""
+    if len(prompts) != images.shape[0]:
+        raise ValueError(f"{images.shape[0]} images but {len(prompts)} prompts")
+    return torch.cat([fn(images[i : i + batch_size], prompts[i : i + batch_size])
+                      for i in range(0, len(prompts), batch_size)])
+
+
+def to_pil(images: torch.Tensor) -> list:
+    """(B, 3, H, W) in [0, 1] -> PIL images (for scorers whose own preprocessing wants PIL)."""
+    from PIL import Image
+
+    arrays = (images.detach().float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(a) for a in arrays]
