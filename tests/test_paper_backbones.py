@@ -175,3 +175,45 @@ def test_from_spec_loads_a_saved_pipeline_offline(tmp_path):
     assert loaded.transformer.is_gradient_checkpointing
     with pytest.raises(FileNotFoundError, match="huggingface-cli download"):
         SD3Backbone.from_spec(dict(BACKBONE_SPEC, model="nobody/no-such-model"), device="cpu")
+
+
+def test_hub_ids_resolve_from_the_hf_cache_only(tmp_path, monkeypatch):
+    from diversegrpo.weights import ModelNotFound, missing_models, resolve_model
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    snapshot = tmp_path / "hub" / "models--yuvalkirstain--PickScore_v1" / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (tmp_path / "hub" / "models--yuvalkirstain--PickScore_v1" / "refs").mkdir()
+    (tmp_path / "hub" / "models--yuvalkirstain--PickScore_v1" / "refs" / "main").write_text("a" * 40)
+    assert resolve_model("yuvalkirstain/PickScore_v1") == snapshot
+    with pytest.raises(ModelNotFound, match="lacks.*model.safetensors"):
+        resolve_model("yuvalkirstain/PickScore_v1", ["model.safetensors"])
+    assert resolve_model(str(snapshot)) == snapshot  # a local directory is itself
+    config = {"backbones": {"sd3": {"kind": "sd3", "model": "stabilityai/stable-diffusion-3.5-medium"}},
+              "rewards": {"pick": {"kind": "pickscore"}, "toy": {"kind": "toy_colour"}},
+              "features": {"kind": "toy"}, "runs": {"backbones": ["sd3"], "rewards": ["pick"]}}
+    lines = missing_models(config)
+    assert len(lines) == 2  # SD3.5-M and PickScore's processor; the cached PickScore model is not missing
+    assert "huggingface-cli download stabilityai/stable-diffusion-3.5-medium" in lines[0]
+    assert "laion/CLIP-ViT-H-14-laion2B-s32B-b79K" in lines[1]
+
+
+def test_paper_config_is_valid_and_lists_its_models():
+    import yaml
+
+    from diversegrpo import config
+    from diversegrpo.weights import missing_models
+
+    paper = yaml.safe_load(open("config/paper.yaml"))
+    assert config.schema_errors(paper) == []
+    # the prompt file is the user's to provide; every other cross-key check passes
+    assert [e for e in config.semantic_errors(paper) if not e.startswith("captions.source")] == []
+    assert set(paper) == set(yaml.safe_load(open("config/config.yaml")))
+    assert set(paper["train"]) == set(yaml.safe_load(open("config/config.yaml"))["train"])
+    b = paper["backbones"]
+    assert (b["sd3"]["train_steps"], b["sd3"]["eval_steps"], b["sd3"]["guidance_scale"]) == (10, 40, 4.5)
+    assert (b["flux"]["train_steps"], b["flux"]["eval_steps"], b["flux"]["guidance_scale"]) == (6, 28, 3.5)
+    text = "\n".join(missing_models(paper))
+    for hub_id in ("stable-diffusion-3.5-medium", "FLUX.1-dev", "PickScore_v1", "HPSv3"):
+        assert hub_id in text or "HF_HUB_CACHE" in text

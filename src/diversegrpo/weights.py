@@ -31,9 +31,10 @@ DREAMSIM_URL = "https://github.com/ssundaram21/dreamsim/releases/download/v0.2.0
 DREAMSIM_FILES = {
     "ensemble": [
         "dino_vitb16_pretrain.pth", "open_clip_vitb16_pretrain.pth.tar", "clip_vitb16_pretrain.pth.tar",
-        "ensemble_lora", "facebookresearch_dino_main",
+        "ensemble_lora", "facebookresearch_dino_main", "checkpoints/dino_vitbase16_pretrain.pth",
     ],
-    "dino_vitb16": ["dino_vitb16_pretrain.pth", "dino_vitb16_single_lora", "facebookresearch_dino_main"],
+    "dino_vitb16": ["dino_vitb16_pretrain.pth", "dino_vitb16_single_lora", "facebookresearch_dino_main",
+                    "checkpoints/dino_vitbase16_pretrain.pth"],
     "open_clip_vitb32": ["open_clip_vitb32_pretrain.pth.tar", "open_clip_vitb32_single_lora"],
     "clip_vitb32": ["clip_vitb32_pretrain.pth.tar", "clip_vitb32_single_lora"],
 }
@@ -51,7 +52,8 @@ class Requirement:
     files: list[str] | None = None  # files that must be inside a hub snapshot
 
     def line(self) -> str:
-        return f"{self.what}: {self.location} is missing; fetch it with `{self.fetch}`"
+        what = f"{self.location} (needs {', '.join(self.files)})" if self.files else self.location
+        return f"{self.what}: {what} is missing; fetch it with `{self.fetch}`"
 
 
 def hf_fetch_command(repo_id: str, files: list[str] | None = None) -> str:
@@ -59,9 +61,9 @@ def hf_fetch_command(repo_id: str, files: list[str] | None = None) -> str:
 
 
 def is_local(location: str | os.PathLike) -> bool:
-    """A path (absolute, relative with a separator, or ~) rather than an `owner/name` hub id."""
+    """A path (absolute, ./relative, ~, or existing) rather than a hub id (`owner/name` or a legacy `name`)."""
     s = str(location)
-    return s.startswith(("/", ".", "~")) or os.path.exists(os.path.expanduser(s)) or s.count("/") != 1
+    return s.startswith(("/", ".", "~")) or os.path.exists(os.path.expanduser(s)) or s.count("/") > 1
 
 
 def resolve_model(location: str | os.PathLike, files: list[str] | None = None) -> Path:
@@ -78,7 +80,8 @@ def resolve_model(location: str | os.PathLike, files: list[str] | None = None) -
         from huggingface_hub import snapshot_download
 
         try:
-            path = Path(snapshot_download(str(location), local_files_only=True))
+            # cache_dir read from the environment now, not at huggingface_hub's import
+            path = Path(snapshot_download(str(location), local_files_only=True, cache_dir=_hf_cache()))
         except Exception as err:  # LocalEntryNotFoundError, or an offline-mode error
             raise ModelNotFound(
                 f"{location} is not in the Hugging Face cache ({_hf_cache()}) and downloads are disabled; "
@@ -87,12 +90,14 @@ def resolve_model(location: str | os.PathLike, files: list[str] | None = None) -
             ) from err
     absent = [f for f in files or [] if not (path / f).exists()]
     if absent:
-        raise ModelNotFound(f"{location} ({path}) lacks {absent}: `{hf_fetch_command(str(location), absent)}`")
+        how = "" if is_local(location) else f": `{hf_fetch_command(str(location), absent)}`"
+        raise ModelNotFound(f"{location} ({path}) lacks {absent}{how}")
     return path
 
 
 def _hf_cache() -> str:
-    return os.environ.get("HF_HUB_CACHE") or os.path.join(os.environ.get("HF_HOME", "~/.cache/huggingface"), "hub")
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
+    return os.path.expanduser(os.environ.get("HF_HUB_CACHE") or os.path.join(home, "hub"))
 
 
 # ----- what each kind of model needs ---------------------------------------------------------------
@@ -123,7 +128,7 @@ def requirements(section: str, name: str, spec: dict) -> list[Requirement]:
         url = DREAMSIM_URL.format(variant)
         dino = " and `python -c \"import torch; torch.hub.set_dir('{}'); torch.hub.load('facebookresearch/dino:main', 'dino_vitb16')\"`".format(cache)
         fetch = f"curl -L {url} -o z.zip && unzip z.zip -d {cache}" + (dino if "dino" in variant or variant == "ensemble" else "")
-        return [Requirement(what, f"{cache}/{f}", fetch) for f in DREAMSIM_FILES.get(variant, [])]
+        return [Requirement(what, cache, fetch, DREAMSIM_FILES.get(variant, []))]
     if kind == "inception":
         from .features.inception import default_inception_path
 

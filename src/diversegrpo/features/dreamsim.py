@@ -14,18 +14,18 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..weights import DREAMSIM_CACHE, DREAMSIM_FILES, ModelNotFound, Requirement, requirements
+from ..weights import DREAMSIM_CACHE, DREAMSIM_FILES, ModelNotFound, requirements
 
 IMAGE_SIZE = 224  # DreamSim's input size (dreamsim_args["img_size"])
 
 
 def check_cache(cache_dir: Path, dreamsim_type: str) -> None:
-    reqs: list[Requirement] = requirements("features", "dreamsim", {"kind": "dreamsim", "cache_dir": str(cache_dir),
-                                                                     "dreamsim_type": dreamsim_type})
-    missing = [r for r in reqs if not Path(r.location).exists()]
+    """Raise before dreamsim would start a download: every file of its check list must be present."""
+    (req,) = requirements("features", "dreamsim", {"kind": "dreamsim", "cache_dir": str(cache_dir),
+                                                   "dreamsim_type": dreamsim_type})
+    missing = [f for f in req.files or [] if not (cache_dir / f).exists()]
     if missing:
-        names = ", ".join(Path(r.location).name for r in missing)
-        raise ModelNotFound(f"DreamSim ({dreamsim_type}) cache {cache_dir} lacks {names}; fetch with `{missing[0].fetch}`")
+        raise ModelNotFound(f"DreamSim ({dreamsim_type}) cache {cache_dir} lacks {missing}; fetch with `{req.fetch}`")
 
 
 class DreamSimEmbedder:
