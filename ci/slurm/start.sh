@@ -111,6 +111,8 @@ SchedulerParameters=sched_interval=2
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 JobAcctGatherType=jobacct_gather/linux
+# keep --comment (the snakemake plugin writes rule_<name>_wildcards_<...> there) for sacct -o Comment
+AccountingStoreFlags=job_comment
 JobAcctGatherFrequency=30
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
@@ -142,6 +144,20 @@ StorageLoc=slurm_acct_db
 EOF
 chmod 600 "$STATE/slurmdbd.conf"
 export SLURM_CONF="$STATE/slurm.conf"
+# snakemake-executor-plugin-slurm-jobstep (0.6.1) strips every SLURM_* variable but the job's identity
+# before its inner `srun`, SLURM_CONF included: inside a job, srun only finds the default
+# /etc/slurm/slurm.conf. Link it there (stop.sh removes exactly this link); refuse to shadow a real one.
+ETC_CONF=${SLURM_CI_ETC_CONF:-/etc/slurm/slurm.conf}
+if [ -L "$ETC_CONF" ] || [ ! -e "$ETC_CONF" ]; then
+    if [ -L "$ETC_CONF" ] && [ -e "$ETC_CONF" ] && [ "$(readlink "$ETC_CONF")" != "$SLURM_CONF" ]; then
+        die "$ETC_CONF links to $(readlink "$ETC_CONF") (another test cluster running?); stop it first"
+    fi
+    mkdir -p "$(dirname "$ETC_CONF")"
+    ln -sfn "$SLURM_CONF" "$ETC_CONF"
+    echo "$ETC_CONF" >"$STATE/etc-link"
+else
+    die "$ETC_CONF exists (a real SLURM installation?): this script will not shadow it"
+fi
 
 # --- slurmdbd (libmariadb finds the socket through MYSQL_UNIX_PORT) ---------------------------------
 spawn slurmdbd env MYSQL_UNIX_PORT="$DB_SOCK" slurmdbd -D  # finds slurmdbd.conf beside $SLURM_CONF

@@ -37,5 +37,11 @@ if [ -f "$PIDS" ]; then
 else
     log "no $PIDS: nothing to stop"
 fi
+# the /etc/slurm/slurm.conf link of start.sh, only if it still points into STATE_DIR
+if [ -f "$STATE/etc-link" ]; then
+    link=$(cat "$STATE/etc-link")
+    if [ -L "$link" ] && [ "$(readlink "$link")" = "$STATE/slurm.conf" ]; then rm -f "$link"; fi
+    rm -f "$STATE/etc-link"
+fi
 if [ "$PURGE" -eq 1 ] && [ -d "$STATE" ]; then rm -rf "$STATE"; fi
 exit 0
