@@ -14,3 +14,11 @@ include: "workflow/rules/common.smk"
 rule all:
     input:
         all_targets,
+
+
+include: "workflow/rules/captions.smk"
+include: "workflow/rules/backbone.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/sample.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"

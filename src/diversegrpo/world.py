@@ -18,30 +18,28 @@ COLOURS: dict[str, tuple[float, float, float]] = {
     "green": (0.15, 0.80, 0.20),
     "blue": (0.20, 0.30, 0.95),
     "yellow": (0.95, 0.85, 0.10),
-    "magenta": (0.90, 0.20, 0.85),
-    "cyan": (0.10, 0.85, 0.90),
 }
 SHAPES = ("square", "disc", "cross", "frame")
 MODES = ("top-left", "top-right", "bottom-left", "bottom-right")
 BACKGROUND = 0.08
-IMAGE_SIZE = 32
-RADIUS = 5  # shapes fill an 11 x 11 box
-_CENTRES = {"top-left": (9, 9), "top-right": (9, 22), "bottom-left": (22, 9), "bottom-right": (22, 22)}
+IMAGE_SIZE = 16
+RADIUS = 3  # shapes fill a 7 x 7 box
+_CENTRES = {"top-left": (4, 4), "top-right": (4, 11), "bottom-left": (11, 4), "bottom-right": (11, 11)}
 _FOREGROUND_THRESHOLD = 0.25  # colour distance from the background
-_MIN_AREA = 12  # pixels; less is "no object"
+_MIN_AREA = 8  # pixels; less is "no object"
 
 
 def _template(shape: str) -> np.ndarray:
-    """(11, 11) bool mask of a shape."""
+    """(7, 7) bool mask of a shape."""
     yy, xx = np.mgrid[-RADIUS : RADIUS + 1, -RADIUS : RADIUS + 1]
     if shape == "square":
         return np.ones_like(yy, dtype=bool)
     if shape == "disc":
         return yy**2 + xx**2 <= RADIUS**2 + 1
     if shape == "cross":
-        return (np.abs(yy) <= 1) | (np.abs(xx) <= 1)
+        return (yy == 0) | (xx == 0)
     if shape == "frame":
-        return np.maximum(np.abs(yy), np.abs(xx)) >= RADIUS - 1
+        return np.maximum(np.abs(yy), np.abs(xx)) == RADIUS
     raise ValueError(f"unknown shape {shape!r}; known: {SHAPES}")
 
 
@@ -71,7 +69,7 @@ def parse(prompt: str) -> tuple[str, str]:
 
 
 def render(colour: str, shape: str, mode: int, offset: tuple[int, int] = (0, 0)) -> np.ndarray:
-    """(3, 32, 32) float32 image in [0, 1]."""
+    """(3, 16, 16) float32 image in [0, 1]."""
     image = np.full((3, IMAGE_SIZE, IMAGE_SIZE), BACKGROUND, dtype=np.float32)
     cy, cx = _CENTRES[MODES[mode]]
     cy, cx = cy + offset[0], cx + offset[1]
@@ -83,7 +81,7 @@ def render(colour: str, shape: str, mode: int, offset: tuple[int, int] = (0, 0))
 
 
 def sample_images(prompts: list[str], rng: np.random.Generator) -> tuple[torch.Tensor, np.ndarray]:
-    """(B, 3, 32, 32) true world images for `prompts` with uniformly drawn modes, and the (B,) modes."""
+    """(B, 3, 16, 16) true world images for `prompts` with uniformly drawn modes, and the (B,) modes."""
     modes = rng.integers(0, len(MODES), size=len(prompts))
     offsets = rng.integers(-1, 2, size=(len(prompts), 2))
     images = [render(*parse(p), int(m), tuple(o)) for p, m, o in zip(prompts, modes, offsets)]
@@ -108,7 +106,7 @@ def foreground(images: torch.Tensor) -> torch.Tensor:
 
 
 def label(images: torch.Tensor, prompts: list[str]) -> Labels:
-    """Ground-truth labels of generated (B, 3, 32, 32) images in [0, 1] against their captions."""
+    """Ground-truth labels of generated (B, 3, 16, 16) images in [0, 1] against their captions."""
     images = images.detach().float().cpu().clamp(0, 1)
     masks = foreground(images).numpy()  # (B, H, W)
     palette = np.array(list(COLOURS.values()))  # (6, 3)

@@ -134,8 +134,15 @@ class Backbone(ABC):
         bad = [k for k, v in state.items() if not torch.isfinite(v).all()]
         if bad:
             raise FloatingPointError(f"refusing to write a LoRA with non-finite weights: {bad[:5]}")
+        # Without the adapter metadata diffusers reloads at lora_alpha == r, i.e. the wrong scale.
+        config = self.transformer.peft_config["default"]
+        targets = config.target_modules
+        metadata = {"r": config.r, "lora_alpha": config.lora_alpha,
+                    "target_modules": sorted(targets) if isinstance(targets, set) else targets}
         with atomic_dir(directory) as tmp:
-            self.lora_pipeline_class.save_lora_weights(tmp, transformer_lora_layers=state, safe_serialization=True)
+            self.lora_pipeline_class.save_lora_weights(
+                tmp, transformer_lora_layers=state, safe_serialization=True, transformer_lora_adapter_metadata=metadata
+            )
         return Path(directory) / LORA_WEIGHTS
 
     def load_lora(self, directory: str | os.PathLike) -> None:

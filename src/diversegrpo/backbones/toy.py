@@ -25,7 +25,7 @@ LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", 
 @dataclass
 class ToyConfig:
     image_size: int = world.IMAGE_SIZE
-    patch_size: int = 4
+    patch_size: int = 2
     num_layers: int = 3
     num_attention_heads: int = 2
     attention_head_dim: int = 32
@@ -69,6 +69,8 @@ class ToyTextEncoder(nn.Module):
 class ToyBackbone(Backbone):
     """Pixel-space tiny MMDiT: latents are images scaled to [-1, 1]."""
 
+    lora_targets = LORA_TARGETS
+
     def __init__(self, config: ToyConfig | None = None, device: str | torch.device = "cpu"):
         from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
 
@@ -109,6 +111,11 @@ class ToyBackbone(Backbone):
         write_json(asdict(self.config), directory / CONFIG)
         state = self.trainable_modules().state_dict()
         save_safetensors(state, directory / WEIGHTS, metadata={k: str(v) for k, v in (metadata or {}).items()})
+
+    @classmethod
+    def from_spec(cls, spec: dict, device: str | torch.device = "cpu") -> "ToyBackbone":
+        """The pre-trained toy model; the workflow puts its directory in spec["path"]."""
+        return cls.load(spec["path"], device=device)
 
     @classmethod
     def load(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> "ToyBackbone":

@@ -1,0 +1,135 @@
+"""The paper's outputs: Table 1 (Markdown + LaTeX), a flat summary for DVC metrics, reward-diversity
+Pareto curves over training checkpoints, training curves and image grids on shared prompts and seeds."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from .io import atomic_path, png_tensor  # noqa: E402
+
+# (metric, header, higher is better); rewards are added per table
+COLUMNS = [
+    ("diversity", "Diversity↑", True),
+    ("ssim_diversity", "SSIM-div↑", True),
+    ("fd_base", "FD↓", False),
+    ("irs_base", "IRS↑", True),
+    ("mode_entropy", "Mode H↑", True),
+    ("mode_coverage", "Coverage↑", True),
+    ("valid_share", "Valid↑", True),
+]
+
+
+def overall_table(metrics: pd.DataFrame) -> pd.DataFrame:
+    """One row per (backbone, reward, method) with one column per overall metric."""
+    overall = metrics[metrics.scope == "overall"]
+    return overall.pivot_table(index=["backbone", "reward", "method"], columns="metric", values="value").reset_index()
+
+
+def paper_table(table: pd.DataFrame, rewards: list[str]) -> pd.DataFrame:
+    """Table 1: per trained reward, base then each method; quality columns for every reward."""
+    blocks = []
+    for (backbone, reward), _ in table[table.method != "base"].groupby(["backbone", "reward"], sort=False):
+        base = table[(table.backbone == backbone) & (table.method == "base")].assign(reward=reward)
+        runs = table[(table.backbone == backbone) & (table.reward == reward)]
+        blocks.append(pd.concat([base, runs]))
+    out = pd.concat(blocks, ignore_index=True)
+    columns = [c for c, _, _ in COLUMNS if c in out] + [f"reward_{r}" for r in rewards if f"reward_{r}" in out]
+    return out[["backbone", "reward", "method", *columns]]
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    headers = {c: h for c, h, _ in COLUMNS} | {c: c.removeprefix("reward_") + "↑" for c in table if c.startswith("reward_")}
+    cols = list(table.columns)
+    lines = ["| " + " | ".join(headers.get(c, c) for c in cols) + " |", "|" + "---|" * len(cols)]
+    for row in table.itertuples(index=False):
+        lines.append("| " + " | ".join(_fmt(v) for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def to_latex(table: pd.DataFrame) -> str:
+    headers = {c: h.replace("↑", r"$\uparrow$").replace("↓", r"$\downarrow$") for c, h, _ in COLUMNS}
+    cols = list(table.columns)
+    head = " & ".join(headers.get(c, c.replace("_", r"\_")) for c in cols)
+    body = [" & ".join(_fmt(v).replace("_", r"\_") for v in row) + r" \\" for row in table.itertuples(index=False)]
+    return "\n".join([r"\begin{tabular}{" + "l" * 3 + "r" * (len(cols) - 3) + "}", r"\toprule", head + r" \\", r"\midrule", *body, r"\bottomrule", r"\end{tabular}"]) + "\n"
+
+
+def _fmt(v) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def summary(table: pd.DataFrame) -> dict:
+    """Flat {backbone/reward/method/metric: value} for `dvc metrics show`."""
+    out = {}
+    for row in table.to_dict("records"):
+        key = f"{row['backbone']}/{row['reward']}/{row['method']}"
+        out.update({f"{key}/{k}": round(float(v), 6) for k, v in row.items() if k not in ("backbone", "reward", "method") and pd.notna(v)})
+    return out
+
+
+def pareto_data(curves: dict[tuple[str, str, str], pd.DataFrame]) -> pd.DataFrame:
+    rows = []
+    for (backbone, reward, method), curve in curves.items():
+        for r in curve.to_dict("records"):
+            rows.append({"run": f"{backbone}/{reward}/{method}", "backbone": backbone, "reward": reward, "method": method,
+                         "iteration": int(r["iteration"]), "diversity": r["diversity"], "reward_value": r["reward_reward"]})
+    return pd.DataFrame(rows)
+
+
+def plot_pareto(data: pd.DataFrame, final: pd.DataFrame, path) -> None:
+    """Reward vs diversity over training checkpoints: each method a path from the base model outwards."""
+    pairs = list(data.groupby(["backbone", "reward"]).groups)
+    fig, axes = plt.subplots(1, len(pairs), figsize=(5 * len(pairs), 4), squeeze=False)
+    for ax, (backbone, reward) in zip(axes[0], pairs):
+        for method, curve in data[(data.backbone == backbone) & (data.reward == reward)].groupby("method"):
+            curve = curve.sort_values("iteration")
+            ax.plot(curve.diversity, curve.reward_value, "-o", ms=3, label=method)
+            ax.annotate(str(curve.iteration.iloc[-1]), (curve.diversity.iloc[-1], curve.reward_value.iloc[-1]), fontsize=7)
+        ax.set(title=f"{backbone} / {reward}", xlabel="diversity (mean pairwise distance)", ylabel=f"{reward} reward")
+        ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_curves(logs: dict[tuple[str, str, str], pd.DataFrame], path) -> None:
+    metrics = ["reward_mean", "diversity", "clusters", "regularizer"]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.5))
+    for (backbone, reward, method), log in logs.items():
+        for ax, m in zip(axes, metrics):
+            smooth = log[m].rolling(5, min_periods=1).mean()
+            ax.plot(log.iteration, smooth, label=f"{reward}/{method}")
+            ax.set(title=m, xlabel="iteration")
+    axes[0].legend(fontsize=7)
+    _save(fig, path)
+
+
+def plot_grid(samples: dict[str, pd.DataFrame], prompts: list[str], n_images: int, path) -> None:
+    """Rows: runs (base first); columns: the same prompts and seeds."""
+    runs = list(samples)
+    fig, axes = plt.subplots(len(runs), len(prompts), figsize=(1.2 * n_images * len(prompts), 1.4 * len(runs)), squeeze=False)
+    for i, run in enumerate(runs):
+        table = samples[run]
+        for j, prompt in enumerate(prompts):
+            rows = table[table.prompt == prompt].sort_values("index").head(n_images)
+            images = torch.stack([png_tensor(b) for b in rows.image])  # (N, 3, H, W)
+            strip = torch.cat(list(images), dim=2).permute(1, 2, 0).numpy()
+            ax = axes[i][j]
+            ax.imshow(strip, interpolation="nearest")
+            ax.set_xticks([]), ax.set_yticks([])
+            if i == 0:
+                ax.set_title(prompt, fontsize=9)
+            if j == 0:
+                ax.set_ylabel(run, fontsize=8, rotation=0, ha="right", va="center")
+    _save(fig, path)
+
+
+def _save(fig, path) -> None:
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)

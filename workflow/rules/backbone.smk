@@ -1,0 +1,19 @@
+# Toy world only: the pipeline pre-trains its own tiny MMDiT on the whole synthetic world (its
+# "pre-training data"); GRPO then fine-tunes on the train captions and is evaluated on held-out ones.
+rule backbone:
+    input:
+        package=PACKAGE,
+    output:
+        weights=f"{RESULTS}/backbones/{{backbone}}/model.safetensors",
+        coverage=f"{RESULTS}/backbones/{{backbone}}/coverage.parquet",
+    params:
+        spec=lambda w: config["backbones"][w.backbone],
+        seed=config["seed"],
+        out=lambda w: f"{RESULTS}/backbones/{w.backbone}",
+    threads: workflow.cores
+    log:
+        "logs/backbone/{backbone}.log",
+    benchmark:
+        "benchmarks/stages/backbone/{backbone}.tsv"
+    script:
+        "../../scripts/pretrain.py"

@@ -1,0 +1,49 @@
+# Validation and routing: fail in a second on a bad config, before any stage runs; build the run matrix.
+import sys
+from diversegrpo import config as cfg
+
+try:
+    cfg.validate(config, root=Path(workflow.basedir))
+except cfg.ConfigError as e:
+    raise WorkflowError(str(e)) from None
+
+RESULTS = "results"
+# The interpreter running Snakemake (the project's venv), whatever PATH says; on a cluster, replace it
+# with e.g. "accelerate launch" through the train rule's shell line.
+PYTHON = sys.executable
+RUNS = cfg.run_matrix(config)
+TOY = {b for b in config["runs"]["backbones"] if config["backbones"][b]["kind"] == "toy"}
+# Snakemake tracks scripts, not the package they call: a package version bump reruns every stage.
+PACKAGE = ["src/diversegrpo/__init__.py"]
+
+
+wildcard_constraints:
+    backbone="[A-Za-z0-9_.-]+",
+    reward="[A-Za-z0-9_.-]+",
+    method="[A-Za-z0-9_.-]+",
+
+
+def backbone_dir(backbone):
+    return f"{RESULTS}/backbones/{backbone}" if backbone in TOY else None
+
+
+def backbone_inputs(wildcards):
+    """The pre-trained weights a toy backbone needs (paper backbones load from config paths)."""
+    d = backbone_dir(wildcards.backbone)
+    return [f"{d}/model.safetensors"] if d else []
+
+
+def backbone_spec(backbone):
+    return {**config["backbones"][backbone], **({"path": backbone_dir(backbone)} if backbone_dir(backbone) else {})}
+
+
+def run_spec(wildcards):
+    return cfg.run_spec(config, wildcards.backbone, wildcards.reward, wildcards.method, backbone_dir(wildcards.backbone))
+
+
+def run_path(b, r, m):
+    return f"{RESULTS}/runs/{b}/{r}/{m}"
+
+
+def all_targets(wildcards=None):
+    return [f"{RESULTS}/report/table.md", f"{RESULTS}/report/summary.json"]

@@ -1,0 +1,47 @@
+# Evaluation images: the same prompts and seeds for every run and for the untrained base.
+def sample_params(wildcards):
+    return {
+        "backbone": backbone_spec(wildcards.backbone),
+        "rewards": {r: config["rewards"][r] for r in config["runs"]["rewards"]},
+        "sample": config["sample"],
+        "seed": config["seed"],
+        "device": config["device"],
+        "torch_threads": config["torch_threads"],
+    }
+
+
+rule sample_base:
+    input:
+        eval=rules.captions.output.eval,
+        backbone=backbone_inputs,
+        package=PACKAGE,
+    output:
+        f"{RESULTS}/samples/{{backbone}}/base/images.parquet",
+    params:
+        settings=sample_params,
+        lora=None,
+    log:
+        "logs/sample/{backbone}/base.log",
+    benchmark:
+        "benchmarks/stages/sample/{backbone}/base.tsv"
+    script:
+        "../../scripts/sample.py"
+
+
+rule sample:
+    input:
+        eval=rules.captions.output.eval,
+        backbone=backbone_inputs,
+        lora=rules.train.output.lora,
+        package=PACKAGE,
+    output:
+        f"{RESULTS}/samples/{{backbone}}/{{reward}}/{{method}}/images.parquet",
+    params:
+        settings=sample_params,
+        lora=lambda w: f"{run_path(w.backbone, w.reward, w.method)}/lora",
+    log:
+        "logs/sample/{backbone}/{reward}/{method}.log",
+    benchmark:
+        "benchmarks/stages/sample/{backbone}/{reward}/{method}.tsv"
+    script:
+        "../../scripts/sample.py"

@@ -1,0 +1,34 @@
+# One GRPO run per backbone x reward x method. Its resolved settings are written to config.json
+# first: a changed hyper-parameter changes exactly the runs it belongs to, and nothing else.
+rule run_config:
+    input:
+        train=rules.captions.output.train,
+        eval=rules.captions.output.eval,
+    output:
+        f"{RESULTS}/runs/{{backbone}}/{{reward}}/{{method}}/config.json",
+    params:
+        spec=run_spec,
+    log:
+        "logs/run_config/{backbone}/{reward}/{method}.log",
+    script:
+        "../../scripts/run_config.py"
+
+
+# Through shell, so that `accelerate launch -m diversegrpo.train` can replace `python -m` on clusters.
+rule train:
+    input:
+        config=rules.run_config.output[0],
+        backbone=backbone_inputs,
+        package=PACKAGE,
+    output:
+        lora=f"{RESULTS}/runs/{{backbone}}/{{reward}}/{{method}}/lora/pytorch_lora_weights.safetensors",
+        log=f"{RESULTS}/runs/{{backbone}}/{{reward}}/{{method}}/log.parquet",
+        curve=f"{RESULTS}/runs/{{backbone}}/{{reward}}/{{method}}/curve.parquet",
+    params:
+        out=lambda w: run_path(w.backbone, w.reward, w.method),
+    log:
+        "logs/train/{backbone}/{reward}/{method}.log",
+    benchmark:
+        "benchmarks/stages/train/{backbone}/{reward}/{method}.tsv"
+    shell:
+        "{PYTHON} -m diversegrpo.train --run-config {input.config} --out {params.out} > {log} 2>&1"
