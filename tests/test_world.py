@@ -1,0 +1,53 @@
+"""The toy world: rendering, labelling by construction, rewards and features."""
+
+import numpy as np
+import pytest
+import torch
+
+from diversegrpo import world
+from diversegrpo.creative import cosine_distances
+from diversegrpo.features.toy import PooledPixels
+from diversegrpo.rewards.toy import ColourReward, ContrastReward
+
+
+def test_labeller_recovers_every_rendered_mode_colour_and_shape():
+    prompts = [c["prompt"] for c in world.captions()]
+    images, modes = world.sample_images(prompts * 4, np.random.default_rng(0))
+    labels = world.label(images, prompts * 4)
+    assert labels.valid.all()
+    np.testing.assert_array_equal(labels.mode, modes)
+
+
+def test_labeller_rejects_wrong_colour_shape_and_empty_images():
+    image = torch.from_numpy(world.render("red", "disc", 2))[None]
+    assert not world.label(image, ["a blue disc"]).colour_ok[0]
+    assert not world.label(image, ["a red frame"]).shape_ok[0]
+    empty = torch.full((1, 3, world.IMAGE_SIZE, world.IMAGE_SIZE), world.BACKGROUND)
+    labels = world.label(empty, ["a red disc"])
+    assert labels.mode[0] == -1 and not labels.valid[0]
+
+
+def test_parse_rejects_prompts_outside_the_world():
+    with pytest.raises(ValueError, match="exactly one colour"):
+        world.parse("a purple disc")
+
+
+def test_rewards_prefer_faithful_images_and_have_a_mild_mode_taste():
+    red_disc = [torch.from_numpy(world.render("red", "disc", m)) for m in range(4)]
+    images = torch.stack(red_disc)
+    colour = ColourReward()(images, ["a red disc"] * 4)
+    contrast = ContrastReward()(images, ["a red disc"] * 4)
+    assert colour.argmax() == 0 and contrast.argmax() == 3  # top-left vs bottom-right taste
+    assert (colour.max() - colour.min()) < 0.05 and (contrast.max() - contrast.min()) < 0.05  # mild
+    wrong = ColourReward()(images[:1], ["a blue disc"])
+    assert wrong < colour.min() - 0.2
+    noisy = (images + 0.3 * torch.randn(images.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    assert (ContrastReward()(noisy, ["a red disc"] * 4) < contrast - 0.1).all()
+
+
+def test_features_separate_modes_far_more_than_jitter():
+    a = torch.from_numpy(world.render("green", "square", 0))
+    a_jittered = torch.from_numpy(world.render("green", "square", 0, offset=(1, 1)))
+    b = torch.from_numpy(world.render("green", "square", 3))
+    d = cosine_distances(PooledPixels()(torch.stack([a, a_jittered, b])))
+    assert d[0, 1] < 0.5 * d[0, 2]
