@@ -16,6 +16,15 @@ import pandas as pd
 import torch
 
 
+def _file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_FILE_MODE = _file_mode()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path` in one rename."""
@@ -25,6 +34,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; artifacts get the usual 0666 & ~umask
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -40,6 +50,8 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         for f in tmp.iterdir():
+            if f.suffix == ".safetensors":
+                canonical_safetensors(f)  # e.g. diffusers' save_lora_weights: byte-stable adapters
             os.replace(f, path / f.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -73,6 +85,7 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, 
         raise FloatingPointError(f"refusing to write non-finite tensors to {path}: {bad[:5]}")
     with atomic_path(path) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        canonical_safetensors(tmp)
 
 
 def save_state(state: dict, path: str | os.PathLike) -> None:
@@ -103,3 +116,39 @@ def png_tensor(data: bytes) -> torch.Tensor:
 
     array = np.asarray(Image.open(_io.BytesIO(data)).convert("RGB"), dtype="float32") / 255.0
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:
+    """Delete the temporaries that `atomic_path` / `atomic_dir` leave when their process is killed with
+    no chance to clean up (kill -9, the OOM killer, a node failure): `.NAME.*.tmp` files and `.tmp.*`
+    directories. Call it only where no other process writes at the same time (a run's own directory at
+    its start). Returns what was removed."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    removed = []
+    for entry in directory.iterdir():
+        if entry.is_file() and entry.name.startswith(".") and entry.name.endswith(".tmp"):
+            entry.unlink(missing_ok=True)
+            removed.append(entry)
+        elif entry.is_dir() and entry.name.startswith(".tmp."):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
+def canonical_safetensors(path: str | os.PathLike) -> None:
+    """Rewrite a safetensors file's JSON header with sorted keys, in place (data bytes untouched).
+
+    safetensors (0.8 at least) serialises `__metadata__` from a Rust HashMap, so a file with two or more
+    metadata entries (diffusers' LoRA files: `format` and `lora_adapter_metadata`) comes out in a random
+    key order: the same tensors give different bytes from run to run. Sorting makes equal content mean
+    equal bytes. Loaders do not care about key order. Used by `save_safetensors` and `atomic_dir`."""
+    path = Path(path)
+    data = path.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # safetensors pads the header to a multiple of 8 with spaces
+    if text != data[8 : 8 + n]:
+        path.write_bytes(len(text).to_bytes(8, "little") + text + data[8 + n :])

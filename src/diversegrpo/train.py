@@ -5,14 +5,20 @@ iteration) and DIR/curve.parquet (ODE evaluations on held-out prompts every `eva
 the Pareto curves). Resumable: DIR/checkpoints/state.pt holds the LoRA, the optimizer, the iteration and
 the logs; each iteration's randomness depends only on (seed, iteration), so a resumed run is
 bit-identical to an uninterrupted one on CPU.
+
+A checkpoint records a fingerprint of what made it (`config_hash`: the run config, the package version
+and the toy backbone's weights). A rerun with anything changed ignores the stale checkpoint, says so on
+stderr, and starts over; so does a rerun after a checkpoint that cannot be read. A checkpoint whose
+LoRA or optimizer state holds a NaN / inf is never written: the last good one stays.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,14 +26,34 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from . import trainer
+from . import __version__, trainer
 from .backbones.base import Backbone, LoraSpec
 from .evaluation import per_prompt, score_rewards
-from .io import load_state, save_state, write_parquet
+from .io import load_state, remove_stale_temps, save_state, write_parquet
 from .registry import BACKBONES, build_features, build_reward, resolve
 from .sampling import sample_images
 
 CHECKPOINT = "checkpoints/state.pt"
+# Files of a backbone directory whose bytes join the config hash (the toy world's pre-trained model).
+BACKBONE_FILES = ("config.json", "model.safetensors")
+
+
+def config_hash(config: dict) -> str:
+    """Fingerprint of everything a run's trajectory depends on: the resolved run config (canonical JSON),
+    the package version (a bump reruns every stage, and must not resume an old trajectory) and the bytes
+    of the backbone's weights when `backbone.path` holds them (a re-pre-trained toy model).
+    Paper backbones (Hugging Face ids / large directories) enter through their spec only."""
+    h = hashlib.sha256()
+    h.update(json.dumps(config, sort_keys=True, separators=(",", ":"), default=str).encode())
+    h.update(f"diversegrpo {__version__}".encode())
+    path = config.get("backbone", {}).get("path")
+    if path:
+        for name in BACKBONE_FILES:
+            f = Path(path) / name
+            if f.is_file():
+                h.update(name.encode())
+                h.update(hashlib.sha256(f.read_bytes()).digest())
+    return h.hexdigest()
 
 
 @dataclass
@@ -77,11 +103,13 @@ class Run:
     """A run's state: model, optimizer, logs; checkpointed every `checkpoint_every` iterations."""
 
     def __init__(self, cfg: RunConfig, out: Path):
-        self.cfg, self.out = cfg, out
+        self.cfg, self.out = cfg, Path(out)
+        self.config_hash = config_hash(asdict(cfg))  # defaults filled in: a changed default changes it too
         torch.set_num_threads(cfg.torch_threads)
         self.device = resolve_device(cfg.device)
         self.backbone = build_backbone(cfg.backbone, self.device)
         lora = cfg.backbone["lora"]
+        torch.manual_seed(cfg.seed)  # the LoRA's random init (lora_A): same seed, same adapter
         self.backbone.add_lora(LoraSpec(lora["rank"], lora["alpha"], self.backbone.lora_targets, lora.get("init", "gaussian")))
         self.reward = build_reward(cfg.reward, self.device)
         self.embedder = build_features(cfg.features, self.device)
@@ -90,18 +118,47 @@ class Run:
         self._resume()
 
     def _resume(self) -> None:
+        """Continue from DIR/checkpoints/state.pt when it was made by this very config; otherwise start
+        over (with a note on stderr) and leave the stale file to be replaced by the first checkpoint."""
         path = self.out / CHECKPOINT
+        for directory in (self.out, path.parent, self.out / "lora"):
+            remove_stale_temps(directory)  # leftovers of a writer killed mid-write (kill -9, OOM killer)
         if not path.exists():
             return
-        state = load_state(path)
+        try:
+            state = load_state(path)
+        except Exception as e:  # noqa: BLE001 (a truncated or foreign file: never fatal, never trusted)
+            print(f"note: ignoring unreadable checkpoint {path} ({type(e).__name__}: {e}); starting over", file=sys.stderr)
+            return
+        if state.get("config_hash") != self.config_hash:
+            print(
+                f"note: ignoring checkpoint {path} (iteration {state.get('iteration')}): it was made with a different "
+                f"run config, package version or backbone (hash {str(state.get('config_hash'))[:12]} != "
+                f"{self.config_hash[:12]}); starting over",
+                file=sys.stderr,
+            )
+            return
+        if not 0 < state["iteration"] <= self.cfg.iterations:
+            print(f"note: ignoring checkpoint {path} at iteration {state['iteration']} of {self.cfg.iterations}", file=sys.stderr)
+            return
         self.backbone.set_lora_state(state["lora"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.iteration, self.log, self.curve = state["iteration"], state["log"], state["curve"]
         print(f"resumed from {path} at iteration {self.iteration}", file=sys.stderr)
 
     def checkpoint(self) -> None:
+        """Save the resumable state; refuse (keeping the previous checkpoint) when it is not finite."""
+        lora, optimizer = self.backbone.lora_state_dict(), self.optimizer.state_dict()
+        bad = [k for k, v in lora.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        bad += [f"optimizer.{i}.{k}" for i, s in optimizer["state"].items() for k, v in s.items()
+                if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:
+            raise FloatingPointError(
+                f"iteration {self.iteration}: non-finite LoRA / optimizer state {bad[:5]}; not checkpointed "
+                f"(the last good checkpoint {self.out / CHECKPOINT} is kept)"
+            )
         save_state(
-            {"lora": self.backbone.lora_state_dict(), "optimizer": self.optimizer.state_dict(),
+            {"config_hash": self.config_hash, "lora": lora, "optimizer": optimizer,
              "iteration": self.iteration, "log": self.log, "curve": self.curve},
             self.out / CHECKPOINT,
         )
