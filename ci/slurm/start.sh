@@ -37,6 +37,17 @@ if [ -f "$STATE/pids" ]; then
     die "$STATE/pids exists: a cluster may still be running; run ci/slurm/stop.sh $STATE first"
 fi
 
+# snakemake-executor-plugin-slurm-jobstep (0.6.1) strips every SLURM_* variable but the job's identity
+# before its inner `srun`, SLURM_CONF included: inside a job, srun only finds the default
+# /etc/slurm/slurm.conf. start.sh links it there (stop.sh removes exactly this link) and refuses to
+# shadow a real one or another running test cluster's.
+ETC_CONF=${SLURM_CI_ETC_CONF:-/etc/slurm/slurm.conf}
+if [ -L "$ETC_CONF" ] && [ -e "$ETC_CONF" ] && [ "$(readlink "$ETC_CONF")" != "$STATE/slurm.conf" ]; then
+    die "$ETC_CONF links to $(readlink "$ETC_CONF") (another test cluster running?); stop it first"
+elif [ -e "$ETC_CONF" ] && [ ! -L "$ETC_CONF" ]; then
+    die "$ETC_CONF exists (a real SLURM installation?): this script will not shadow it"
+fi
+
 mkdir -p "$STATE"/{log,ctld,spool,munge,mysql}
 chmod 755 "$STATE" "$STATE/munge"
 : >"$STATE/pids"
@@ -75,8 +86,8 @@ mkdir -p "$DB/data" "$DB/run"
 chown -R mysql:mysql "$DB"
 if [ ! -d "$DB/data/mysql" ]; then
     mariadb-install-db --no-defaults --user=mysql --datadir="$DB/data" --skip-test-db \
-        --auth-root-authentication-method=socket >"$STATE/log/mariadb-install.log" 2>&1 \
-        || die "mariadb-install-db failed (see $STATE/log/mariadb-install.log)"
+        --auth-root-authentication-method=socket >"$STATE/mariadb-install.txt" 2>&1 \
+        || die "mariadb-install-db failed (see $STATE/mariadb-install.txt)"
 fi
 spawn mariadbd mariadbd --no-defaults --user=mysql --datadir="$DB/data" --socket="$DB_SOCK" \
     --skip-networking --pid-file="$DB/run/mariadbd.pid" --log-error="$DB/run/mariadbd.err" \
@@ -144,19 +155,10 @@ StorageLoc=slurm_acct_db
 EOF
 chmod 600 "$STATE/slurmdbd.conf"
 export SLURM_CONF="$STATE/slurm.conf"
-# snakemake-executor-plugin-slurm-jobstep (0.6.1) strips every SLURM_* variable but the job's identity
-# before its inner `srun`, SLURM_CONF included: inside a job, srun only finds the default
-# /etc/slurm/slurm.conf. Link it there (stop.sh removes exactly this link); refuse to shadow a real one.
-ETC_CONF=${SLURM_CI_ETC_CONF:-/etc/slurm/slurm.conf}
 if [ -L "$ETC_CONF" ] || [ ! -e "$ETC_CONF" ]; then
-    if [ -L "$ETC_CONF" ] && [ -e "$ETC_CONF" ] && [ "$(readlink "$ETC_CONF")" != "$SLURM_CONF" ]; then
-        die "$ETC_CONF links to $(readlink "$ETC_CONF") (another test cluster running?); stop it first"
-    fi
     mkdir -p "$(dirname "$ETC_CONF")"
     ln -sfn "$SLURM_CONF" "$ETC_CONF"
     echo "$ETC_CONF" >"$STATE/etc-link"
-else
-    die "$ETC_CONF exists (a real SLURM installation?): this script will not shadow it"
 fi
 
 # --- slurmdbd (libmariadb finds the socket through MYSQL_UNIX_PORT) ---------------------------------
