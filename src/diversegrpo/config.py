@@ -51,50 +51,118 @@ def _short(error) -> str:
     return error.message
 
 
+# The toy world's caption count (len(world.captions()): 4 colours x 4 shapes), kept here so that the
+# Snakefile's validation never imports torch; tests/test_bad_inputs.py checks that the two agree.
+TOY_CAPTIONS = 16
+RESERVED_METHODS = ("base",)  # the untrained reference run of every backbone
+
+
+def split_sizes(n: int, eval_fraction: float) -> tuple[int, int]:
+    """(train, eval) prompt counts of the caption stage's split of n prompts (at least one on each side)."""
+    n_eval = min(n - 1, max(1, round(eval_fraction * n)))
+    return n - n_eval, n_eval
+
+
 def semantic_errors(config: dict, root: Path = Path(".")) -> list[str]:
-    """Cross-key checks the schema cannot express."""
+    """Cross-key checks the schema cannot express. Each message names the key and what is allowed."""
     errors = []
+    runs = config["runs"]
     for section in ("backbones", "rewards", "methods"):
-        for name in config["runs"][section]:
+        for name in runs[section]:
             if name not in config[section]:
                 errors.append(f"runs.{section}: {name!r} is not defined under {section}; defined: {sorted(config[section])}")
-    train = config["train"]
+    for name in RESERVED_METHODS:
+        if name in config["methods"]:
+            errors.append(f"methods.{name}: the name {name!r} is reserved for the untrained reference run; choose another")
+    counts = _caption_counts(config, root, errors)
     for name, method in config["methods"].items():
         merged = method_train(config, name)
-        unknown = sorted(set(method.get("train", {})) - set(train))
-        if unknown:
-            errors.append(f"methods.{name}.train: unknown keys {unknown}; allowed: {sorted(train)}")
+        where = f"methods.{name}.train" if method.get("train") else "train"
         if method["regularizer"] != "none" and "reg_weight" not in method:
-            errors.append(f"methods.{name}.reg_weight: required with regularizer {method['regularizer']!r}")
+            errors.append(f"methods.{name}.reg_weight: required with regularizer {method['regularizer']!r} (a number >= 0)")
         if method["regularizer"] == "sa_reg":
             k = method.get("sa_steps", 0)
             if k < 1:
                 errors.append(f"methods.{name}.sa_steps: K must be >= 1 for regularizer 'sa_reg', got {k}")
-            for b in config["runs"]["backbones"]:
+            for b in runs["backbones"]:
                 trained = _trained_steps(config["backbones"].get(b, {}), merged)
                 if trained is not None and k > trained:
                     errors.append(
                         f"methods.{name}.sa_steps: K={k} is larger than the {trained} trained steps of backbone {b!r} "
-                        f"(int(train_steps * timestep_fraction))"
+                        f"(int(train_steps * timestep_fraction)); allowed: 1..{trained}"
                     )
+        group = merged["group_size"]
         creative = method.get("creative")
-        if creative and isinstance(creative.get("k"), int) and creative["k"] > merged["group_size"]:
-            errors.append(f"methods.{name}.creative.k: {creative['k']} clusters cannot exceed group_size {merged['group_size']}")
+        if creative:
+            if isinstance(creative.get("k"), int) and creative["k"] > group:
+                errors.append(f"methods.{name}.creative.k: {creative['k']} clusters cannot exceed group_size {group} (allowed: 1..{group} or 'auto')")
+            if creative.get("k") == "auto" and creative.get("k_max", 6) > group:
+                errors.append(f"methods.{name}.creative.k_max: {creative.get('k_max', 6)} exceeds group_size {group} (allowed: 2..{group})")
+            if creative.get("sigma") == "local" and creative.get("knn", 3) > group - 1:
+                errors.append(f"methods.{name}.creative.knn: neighbour {creative.get('knn', 3)} does not exist in a group of {group} (allowed: 1..{group - 1})")
+        batch = merged["prompts_per_iteration"] * group
+        if merged.get("minibatches", 1) > batch:
+            errors.append(f"{where}.minibatches: {merged['minibatches']} exceeds the {batch} samples of an iteration "
+                          f"(prompts_per_iteration x group_size); allowed: 1..{batch}")
+        if counts and merged["prompts_per_iteration"] > counts[0]:
+            errors.append(f"{where}.prompts_per_iteration: {merged['prompts_per_iteration']} exceeds the {counts[0]} training "
+                          f"prompts of captions.source {config['captions']['source']!r}; allowed: 1..{counts[0]}")
+        if counts and merged.get("eval_prompts", 4) > counts[1]:
+            errors.append(f"{where}.eval_prompts: {merged.get('eval_prompts', 4)} exceeds the {counts[1]} held-out prompts "
+                          f"(captions.eval_fraction {config['captions']['eval_fraction']}); allowed: 1..{counts[1]}")
     source = config["captions"]["source"]
-    if source != "toy":
-        path = root / source
-        if path.suffix not in CAPTION_SUFFIXES:
-            errors.append(f"captions.source: {source!r} must be 'toy' or a file ending in {list(CAPTION_SUFFIXES)}")
-        elif not path.exists():
-            errors.append(f"captions.source: file {str(path)!r} does not exist")
-    toy_backbones = [b for b in config["runs"]["backbones"] if config["backbones"].get(b, {}).get("kind") == "toy"]
+    toy_backbones = [b for b in runs["backbones"] if config["backbones"].get(b, {}).get("kind") == "toy"]
     if toy_backbones and source != "toy":
         errors.append(f"captions.source: toy backbones {toy_backbones} only know the toy world's captions; use source: toy")
-    for b in config["runs"]["backbones"]:
+    toy_rewards = [r for r in runs["rewards"] if str(config["rewards"].get(r, {}).get("kind", "")).startswith("toy_")]
+    if toy_rewards and source != "toy":
+        errors.append(f"captions.source: toy rewards {toy_rewards} score the toy world's captions only; use source: toy")
+    for b in runs["backbones"]:
         spec = config["backbones"].get(b, {})
         if spec.get("kind") in ("sd3", "flux") and not spec.get("model"):
             errors.append(f"backbones.{b}.model: a local directory or Hugging Face id is required for kind {spec['kind']!r}")
+    for b in runs["backbones"]:
+        spec = config["backbones"].get(b, {})
+        if spec.get("sde_type", "sde") == "cps" and spec.get("noise_level", 0) > 1:
+            errors.append(f"backbones.{b}.noise_level: {spec['noise_level']} with sde_type 'cps' (std = sigma' sin(a pi / 2) "
+                          f"shrinks again above 1); allowed: (0, 1]")
+    sample, report = config["sample"], config.get("report", {})
+    if report.get("grid_images", 0) > sample["images_per_prompt"]:
+        errors.append(f"report.grid_images: {report['grid_images']} exceeds sample.images_per_prompt "
+                      f"{sample['images_per_prompt']}; allowed: 1..{sample['images_per_prompt']}")
+    shown = min(x for x in (sample.get("max_prompts") or 10**9, counts[1] if counts else 10**9))
+    if report.get("grid_prompts", 0) > shown and shown < 10**9:
+        errors.append(f"report.grid_prompts: {report['grid_prompts']} exceeds the {shown} sampled evaluation prompts "
+                      f"(sample.max_prompts / held-out prompts); allowed: 1..{shown}")
     return errors
+
+
+def _caption_counts(config: dict, root: Path, errors: list[str]) -> tuple[int, int] | None:
+    """(train, eval) prompt counts after the caption stage's split, or None (errors appended) when the
+    caption source cannot be read. A user's file is read and checked here, in full, before any stage."""
+    captions = config["captions"]
+    source = captions["source"]
+    if source == "toy":
+        return split_sizes(TOY_CAPTIONS, captions["eval_fraction"])
+    path = root / source
+    if path.suffix not in CAPTION_SUFFIXES:
+        errors.append(f"captions.source: {source!r} must be 'toy' or a file ending in {list(CAPTION_SUFFIXES)}")
+        return None
+    if not path.exists():
+        errors.append(f"captions.source: file {str(path)!r} does not exist (allowed: 'toy' or an existing "
+                      f"{'/'.join(CAPTION_SUFFIXES)} file, relative to the workflow directory)")
+        return None
+    from .stages.captions import CaptionError, read_prompts  # pandas, no torch
+
+    try:
+        prompts = read_prompts(path, captions.get("max_prompt_chars", 300))
+    except CaptionError as e:
+        errors.append(f"captions.source: {e}")
+        return None
+    if len(prompts) < 2:
+        errors.append(f"captions.source: {source!r} holds {len(prompts)} prompt; at least 2 are needed (train and evaluation)")
+        return None
+    return split_sizes(len(prompts), captions["eval_fraction"])
 
 
 def _trained_steps(backbone: dict, train: dict) -> int | None:
