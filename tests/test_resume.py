@@ -104,7 +104,8 @@ def test_sigkill_at_random_points_then_resume_is_bit_identical(toy_backbone, tmp
     config.write_text(json.dumps(spec))
     out, log = tmp_path / "killed", tmp_path / "killed.log"
     seed = int(os.environ.get("RESUME_TEST_SEED", random.SystemRandom().randrange(10**6)))
-    delays = [round(random.Random(seed).uniform(0.0, 0.4), 3) for _ in range(3)]
+    rng = random.Random(seed)
+    delays = [round(rng.uniform(0.0, 0.4), 3) for _ in range(3)]
     iterations_at_kill = []
     for delay in delays:
         before = _checkpoint_mtime(out)

@@ -36,10 +36,24 @@ def schema_errors(config: dict) -> list[str]:
 
     validator = jsonschema.Draft202012Validator(yaml.safe_load(SCHEMA.read_text()))
     errors = []
-    for e in sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path)):
-        where = ".".join(str(p) for p in e.absolute_path) or "(top level)"
-        errors.append(f"{where}: {_short(e)}")
+    for e in sorted(validator.iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path]):
+        for where, messages in _leaves(e).items():
+            errors.append(f"{where or '(top level)'}: {'; or '.join(messages)}")
     return errors
+
+
+def _leaves(error) -> dict[str, list[str]]:
+    """What went wrong, where: a oneOf / anyOf ("not valid under any of the given schemas") is replaced
+    by its deepest alternatives' own errors, e.g. creative.mix's enum rather than "creative is not valid"."""
+    if error.validator in ("oneOf", "anyOf") and error.context:
+        deepest = max(len(e.absolute_path) for e in error.context)
+        out: dict[str, list[str]] = {}
+        for e in error.context:
+            if len(e.absolute_path) == deepest:
+                for where, messages in _leaves(e).items():
+                    out.setdefault(where, []).extend(m for m in messages if m not in out.get(where, []))
+        return out
+    return {".".join(str(p) for p in error.absolute_path): [_short(error)]}
 
 
 def _short(error) -> str:
@@ -134,7 +148,7 @@ def semantic_errors(config: dict, root: Path = Path(".")) -> list[str]:
     if report.get("grid_prompts", 0) > shown and shown < 10**9:
         errors.append(f"report.grid_prompts: {report['grid_prompts']} exceeds the {shown} sampled evaluation prompts "
                       f"(sample.max_prompts / held-out prompts); allowed: 1..{shown}")
-    return errors
+    return list(dict.fromkeys(errors))  # one message per problem, not one per method sharing it
 
 
 def _caption_counts(config: dict, root: Path, errors: list[str]) -> tuple[int, int] | None:

@@ -1,0 +1,210 @@
+"""Bad inputs, table-driven: every bad config or caption file fails before any stage runs, with its own
+message that names the key (or the file, line and row) and what is allowed."""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from diversegrpo import config as C
+from diversegrpo.stages.captions import CaptionError, read_prompts
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = C.load(ROOT / "config/config.yaml")
+SD3 = {"kind": "sd3", "model": "some/model", "train_steps": 10, "eval_steps": 40, "guidance_scale": 4.5,
+       "noise_level": 0.7, "lora": {"rank": 4, "alpha": 4}}
+
+# (id, override on top of config/config.yaml, distinctive part of the message)
+BAD_CONFIGS = [
+    ("unknown run backbone", {"runs": {"backbones": ["toyy"]}}, "runs.backbones: 'toyy' is not defined under backbones; defined: ['toy']"),
+    ("unknown run reward", {"runs": {"rewards": ["pickscore"]}}, "runs.rewards: 'pickscore' is not defined under rewards; defined: ['colour', 'contrast']"),
+    ("unknown run method", {"runs": {"methods": ["grpo"]}}, "runs.methods: 'grpo' is not defined under methods; defined: ['diverse_grpo'"),
+    ("unknown backbone kind", {"backbones": {"toy": {"kind": "sdxl"}}}, "backbones.toy.kind: 'sdxl' is not one of ['toy', 'sd3', 'flux']"),
+    ("unknown reward kind", {"rewards": {"colour": {"kind": "aesthetic"}}}, "rewards.colour.kind: 'aesthetic' is not one of ['toy_colour'"),
+    ("unknown feature kind", {"features": {"kind": "clip"}}, "features.kind: 'clip' is not one of ['toy', 'dreamsim', 'inception']"),
+    ("unknown regulariser", {"methods": {"sa_reg": {"regularizer": "l2"}}}, "methods.sa_reg.regularizer: 'l2' is not one of ['none', 'kl', 'sa_reg']"),
+    ("unknown sde type", {"backbones": {"toy": {"sde_type": "ode"}}}, "backbones.toy.sde_type: 'ode' is not one of ['sde', 'cps']"),
+    ("unknown creative mix", {"methods": {"diverse_grpo": {"creative": {"mix": "zscore"}}}}, "creative.mix: 'zscore' is not one of ['raw', 'standardised']"),
+    ("unknown device", {"device": "gpu"}, "device: 'gpu' is not one of ['auto', 'cpu', 'cuda']"),
+    ("unknown top-level key", {"iterations": 5}, "('iterations' was unexpected); allowed keys: ['backbones', 'captions'"),
+    ("typo in train", {"train": {"learning_rate": 1e-3}}, "train: Additional properties are not allowed ('learning_rate' was unexpected)"),
+    ("typo in a method's train", {"methods": {"sa_reg": {"train": {"group": 8}}}}, "methods.sa_reg.train: Additional properties are not allowed ('group' was unexpected)"),
+    ("unknown lora key", {"backbones": {"toy": {"lora": {"dropout": 0.1}}}}, "backbones.toy.lora: Additional properties are not allowed ('dropout' was unexpected)"),
+    ("K above trained steps", {"methods": {"sa_reg": {"sa_steps": 8}}}, "methods.sa_reg.sa_steps: K=8 is larger than the 7 trained steps of backbone 'toy'"),
+    ("K above steps after a method override", {"methods": {"sa_reg": {"train": {"timestep_fraction": 0.25}}}}, "methods.sa_reg.sa_steps: K=3 is larger than the 2 trained steps"),
+    ("K zero with sa_reg", {"methods": {"sa_reg": {"sa_steps": 0}}}, "methods.sa_reg.sa_steps: K must be >= 1 for regularizer 'sa_reg'"),
+    ("group size 1", {"train": {"group_size": 1}}, "train.group_size: 1 is less than the minimum of 2"),
+    ("group size 1 in a method", {"methods": {"flow_grpo": {"train": {"group_size": 1}}}}, "methods.flow_grpo.train.group_size: 1 is less than the minimum of 2"),
+    ("creative k above the group", {"methods": {"diverse_grpo": {"creative": {"k": 13}}}}, "methods.diverse_grpo.creative.k: 13 clusters cannot exceed group_size 12"),
+    ("creative k above a method's group", {"methods": {"diverse_grpo": {"train": {"group_size": 3}}}}, "creative.k: 4 clusters cannot exceed group_size 3"),
+    ("auto k_max above the group", {"methods": {"diverse_grpo": {"creative": {"k": "auto", "k_max": 13}}}}, "methods.diverse_grpo.creative.k_max: 13 exceeds group_size 12"),
+    ("local width neighbour outside the group", {"methods": {"diverse_grpo": {"creative": {"sigma": "local", "knn": 12}}}}, "creative.knn: neighbour 12 does not exist in a group of 12 (allowed: 1..11)"),
+    ("negative creative beta", {"methods": {"diverse_grpo": {"creative": {"beta": -0.5}}}}, "methods.diverse_grpo.creative.beta: -0.5 is less than the minimum of 0"),
+    ("negative KL beta", {"methods": {"flow_grpo_kl": {"reg_weight": -0.01}}}, "methods.flow_grpo_kl.reg_weight: -0.01 is less than the minimum of 0"),
+    ("KL without its weight", {"methods": {"kl2": {"regularizer": "kl"}}}, "methods.kl2.reg_weight: required with regularizer 'kl'"),
+    ("reserved method name", {"methods": {"base": {"regularizer": "none"}}}, "methods.base: the name 'base' is reserved for the untrained reference run"),
+    ("one evaluation image per prompt (curves)", {"train": {"eval_images_per_prompt": 1}}, "train.eval_images_per_prompt: 1 is less than the minimum of 2"),
+    ("one evaluation image per prompt (sample)", {"sample": {"images_per_prompt": 1}}, "sample.images_per_prompt: 1 is less than the minimum of 2"),
+    ("zero train steps", {"backbones": {"toy": {"train_steps": 0}}}, "backbones.toy.train_steps: 0 is less than the minimum of 1"),
+    ("zero eval steps", {"backbones": {"toy": {"eval_steps": 0}}}, "backbones.toy.eval_steps: 0 is less than the minimum of 1"),
+    ("zero iterations", {"train": {"iterations": 0}}, "train.iterations: 0 is less than the minimum of 1"),
+    ("zero timestep fraction", {"train": {"timestep_fraction": 0}}, "train.timestep_fraction: 0 is less than or equal to the minimum of 0"),
+    ("zero noise level: no SDE", {"backbones": {"toy": {"noise_level": 0}}}, "backbones.toy.noise_level: 0 is less than or equal to the minimum of 0"),
+    ("CPS noise level above 1", {"backbones": {"toy": {"sde_type": "cps", "noise_level": 1.5}}}, "backbones.toy.noise_level: 1.5 with sde_type 'cps'"),
+    ("zero LoRA rank", {"backbones": {"toy": {"lora": {"rank": 0}}}}, "backbones.toy.lora.rank: 0 is less than the minimum of 1"),
+    ("zero eval prompts", {"train": {"eval_prompts": 0}}, "train.eval_prompts: 0 is less than the minimum of 1"),
+    ("more eval prompts than held out", {"train": {"eval_prompts": 5}}, "train.eval_prompts: 5 exceeds the 4 held-out prompts"),
+    ("more prompts per iteration than training prompts", {"train": {"prompts_per_iteration": 13}}, "train.prompts_per_iteration: 13 exceeds the 12 training prompts of captions.source 'toy'; allowed: 1..12"),
+    ("a method asks more prompts than there are", {"methods": {"sa_reg": {"train": {"prompts_per_iteration": 20}}}}, "methods.sa_reg.train.prompts_per_iteration: 20 exceeds the 12 training prompts"),
+    ("more minibatches than samples", {"train": {"minibatches": 49}}, "train.minibatches: 49 exceeds the 48 samples of an iteration"),
+    ("eval fraction 1", {"captions": {"eval_fraction": 1}}, "captions.eval_fraction: 1 is greater than or equal to the maximum of 1"),
+    ("missing caption file", {"captions": {"source": "prompts/missing.txt"}}, "missing.txt' does not exist"),
+    ("caption file of unknown type", {"captions": {"source": "prompts.json"}}, "captions.source: 'prompts.json' must be 'toy' or a file ending in ['.txt', '.csv', '.parquet']"),
+    ("paper backbone without weights", {"backbones": {"sd3": {**SD3, "model": ""}}, "runs": {"backbones": ["sd3"]}}, "backbones.sd3.model: a local directory or Hugging Face id is required for kind 'sd3'"),
+    ("grid wider than the samples", {"report": {"grid_images": 17}}, "report.grid_images: 17 exceeds sample.images_per_prompt 16"),
+    ("grid taller than the prompts", {"report": {"grid_prompts": 5}}, "report.grid_prompts: 5 exceeds the 4 sampled evaluation prompts"),
+    ("empty run list", {"runs": {"methods": []}}, "runs.methods: [] should be non-empty"),
+    ("negative seed", {"seed": -1}, "seed: -1 is less than the minimum of 0"),
+    ("string where a number goes", {"train": {"lr": "3e-4"}}, "train.lr: '3e-4' is not of type 'number'"),
+]
+
+
+@pytest.mark.parametrize("override, message", [c[1:] for c in BAD_CONFIGS], ids=[c[0] for c in BAD_CONFIGS])
+def test_bad_config_names_the_key(override, message):
+    config = C.deep_merge(BASE, override)
+    with pytest.raises(C.ConfigError) as error:
+        C.validate(config, root=ROOT)
+    assert message in str(error.value), str(error.value)
+
+
+def test_messages_are_distinct():
+    assert len({m for *_, m in BAD_CONFIGS}) == len(BAD_CONFIGS) >= 30
+
+
+def test_shipped_configs_are_valid():
+    C.validate(BASE, root=ROOT)
+    C.validate(C.deep_merge(BASE, C.load(ROOT / "config/tiny.yaml")), root=ROOT)
+
+
+def test_paper_config_is_valid_with_its_prompt_file(tmp_path):
+    paper = C.load(ROOT / "config/paper.yaml")
+    prompts = tmp_path / paper["captions"]["source"]
+    prompts.parent.mkdir(parents=True)
+    prompts.write_text("\n".join(f"prompt number {i}" for i in range(400)))
+    C.validate(paper, root=tmp_path)
+    prompts.write_text("one prompt\nanother\na third\n")  # 2 train and 1 held-out prompt after the split
+    with pytest.raises(C.ConfigError) as error:
+        C.validate(paper, root=tmp_path)
+    wanted = f"train.prompts_per_iteration: {paper['train']['prompts_per_iteration']} exceeds the 2 training prompts"
+    assert wanted in str(error.value) and str(error.value).count(wanted) == 1, str(error.value)
+
+
+def test_toy_caption_count_matches_the_world():
+    from diversegrpo import world
+
+    assert C.TOY_CAPTIONS == len(world.captions())
+
+
+# ----- caption files -------------------------------------------------------------------------------------
+def _parquet(rows) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    pd.DataFrame(rows).to_parquet(buffer, index=False)
+    return buffer.getvalue()
+
+
+LONG = "a " + "very " * 60 + "long prompt"
+# (id, file name, bytes, distinctive part of the message)
+BAD_CAPTIONS = [
+    ("empty txt", "p.txt", b"", "holds no prompts"),
+    ("blank lines only", "p.txt", b"\n  \n\t\n", "holds no prompts (empty, or only blank lines)"),
+    ("duplicate prompts", "p.txt", b"a cat\na dog\na cat\n", "1 duplicate prompt(s), e.g. 'a cat' (lines 1 and 3)"),
+    ("duplicates after stripping", "p.txt", b"a cat\n  a cat  \n", "'a cat' (lines 1 and 2)"),
+    ("duplicates after NFC", "p.txt", "caf\u00e9\ncafe\u0301\n".encode(), "'café' (lines 1 and 2)"),
+    ("latin-1 txt", "p.txt", "a red caf\u00e9\n".encode("latin-1"), "is not UTF-8 (byte 9): re-encode it as UTF-8"),
+    ("latin-1 csv", "p.csv", "prompt\na caf\u00e9 on a street\n".encode("latin-1"), "is not UTF-8 (byte 12)"),
+    ("over-long prompt", "p.txt", f"short\n{LONG}\n".encode(), f"line 2 is {len(LONG)} characters long, over the limit of 300 (captions.max_prompt_chars)"),
+    ("csv without a prompt column", "p.csv", b"text\na cat\n", "needs a 'prompt' column; found ['text']"),
+    ("parquet without a prompt column", "p.parquet", _parquet({"caption": ["a cat"]}), "needs a 'prompt' column; found ['caption']"),
+    ("parquet null prompt", "p.parquet", _parquet({"prompt": ["a cat", None]}), "row 2 has no prompt (null)"),
+    ("parquet numbers", "p.parquet", _parquet({"prompt": [1, 2]}), "row 1 holds int 1, not text"),
+    ("parquet non-UTF-8 bytes", "p.parquet", _parquet({"prompt": [b"ok", b"caf\xe9"]}), "row 2 is not UTF-8 (byte 3)"),
+    ("NUL byte in a txt", "p.txt", b"a cat\na d\x00og\n", "line 2 holds control character U+0000"),
+    ("csv cell spanning lines", "p.csv", b'prompt\n"a cat\non a mat"\n', "row 1 holds control character U+000A"),
+    ("csv duplicate", "p.csv", b"prompt,id\na cat,1\na cat,2\n", "'a cat' (rows 1 and 2)"),
+    ("empty csv", "p.csv", b"", "is not a readable CSV"),
+    ("broken parquet", "p.parquet", b"PAR1 this is not parquet", "is not a readable Parquet file"),
+    ("unknown suffix", "p.json", b'["a cat"]', "must end in .txt, .csv or .parquet"),
+]
+
+
+@pytest.mark.parametrize("name, data, message", [c[1:] for c in BAD_CAPTIONS], ids=[c[0] for c in BAD_CAPTIONS])
+def test_bad_caption_file(tmp_path, name, data, message):
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(CaptionError) as error:
+        read_prompts(path)
+    assert message in str(error.value), str(error.value)
+    assert str(path) in str(error.value)
+
+
+def test_missing_caption_file(tmp_path):
+    with pytest.raises(CaptionError, match="does not exist"):
+        read_prompts(tmp_path / "nope.txt")
+
+
+def test_caption_normalisation_is_as_documented(tmp_path):
+    path = tmp_path / "p.txt"
+    path.write_bytes("\ufeff  a red  cat \r\n\r\ncafe\u0301\r\n\ta dog\t\n".encode())
+    assert read_prompts(path) == ["a red  cat", "caf\u00e9", "a dog"]
+    csv = tmp_path / "p.csv"
+    csv.write_bytes("\ufeffprompt,other\n a cat ,1\n,2\na dog,3\n".encode())
+    assert read_prompts(csv) == ["a cat", "a dog"]
+    parquet = tmp_path / "p.parquet"
+    parquet.write_bytes(_parquet({"prompt": ["a cat", "  ", b"a dog"]}))
+    assert read_prompts(parquet) == ["a cat", "a dog"]
+    assert read_prompts(path, max_chars=10) == ["a red  cat", "caf\u00e9", "a dog"]  # 10 characters is allowed
+
+
+def test_bad_caption_file_fails_config_validation(tmp_path):
+    """The config check reads the user's file: a broken one fails before the caption stage runs."""
+    (tmp_path / "prompts.txt").write_text("a cat\na dog\na cat\n")
+    config = C.deep_merge(BASE, {"captions": {"source": "prompts.txt"}, "backbones": {"sd3": SD3},
+                                 "rewards": {"clip": {"kind": "clipscore"}}, "features": {"kind": "dreamsim"},
+                                 "runs": {"backbones": ["sd3"], "rewards": ["clip"]}})
+    with pytest.raises(C.ConfigError, match=r"captions.source: caption file .*prompts.txt: 1 duplicate prompt"):
+        C.validate(config, root=tmp_path)
+    (tmp_path / "prompts.txt").write_text("\n".join(f"prompt {i}" for i in range(40)))
+    C.validate(config, root=tmp_path)
+    with pytest.raises(C.ConfigError, match="toy rewards \\['colour'\\] score the toy world's captions only"):
+        C.validate(C.deep_merge(config, {"runs": {"rewards": ["colour"]}}), root=tmp_path)
+
+
+# ----- the Snakefile validates before it builds the DAG ----------------------------------------------------------
+def test_snakemake_dry_run_fails_fast_on_a_bad_config(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"methods": {"diverse_grpo": {"creative": {"k": 40}}}}))
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--configfile", str(bad)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    wall = time.monotonic() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "methods.diverse_grpo.creative.k: 40 clusters cannot exceed group_size 12" in output, output[-3000:]
+    assert "Building DAG" not in output and "Job stats" not in output
+    assert cpu < 15, f"validation took {cpu:.1f} s of CPU"  # a few seconds: no torch, no DAG
+    print(f"snakemake -n failed in {wall:.1f} s wall, {cpu:.1f} s CPU")
