@@ -47,7 +47,7 @@ def test_rewards_prefer_faithful_images_and_have_a_mild_mode_taste():
 
 def test_features_separate_modes_far_more_than_jitter():
     a = torch.from_numpy(world.render("green", "square", 0))
-    a_jittered = torch.from_numpy(world.render("green", "square", 0, offset=(1, 1)))
+    a_jittered = torch.from_numpy(world.render("green", "square", 0, offset=(-1, -1)))
     b = torch.from_numpy(world.render("green", "square", 3))
     d = cosine_distances(PooledPixels()(torch.stack([a, a_jittered, b])))
     assert d[0, 1] < 0.5 * d[0, 2]

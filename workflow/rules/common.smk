@@ -7,6 +7,16 @@ try:
 except cfg.ConfigError as e:
     raise WorkflowError(str(e)) from None
 
+# Paper-world weights: one error naming every missing model, before any job starts. `onstart` does
+# not run for dry runs, so the matrix can still be planned on a laptop without the weights.
+onstart:
+    from diversegrpo.weights import missing_models
+
+    _missing = missing_models(config)
+    if _missing:
+        raise WorkflowError("missing model weights (nothing is downloaded at run time):\n  - " + "\n  - ".join(_missing))
+
+
 RESULTS = "results"
 # The interpreter running Snakemake (the project's venv), whatever PATH says; on a cluster, replace it
 # with e.g. "accelerate launch" through the train rule's shell line.

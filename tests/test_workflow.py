@@ -1,0 +1,92 @@
+"""The whole DAG on config/tiny.yaml in a copy of the repository: every stage runs, every artifact has
+the schema the next stage reads, and a second invocation has nothing to do."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+RUNS = [(r, m) for r in ("colour", "contrast") for m in ("flow_grpo", "sa_reg", "diverse_grpo")]
+
+
+def copy_repo(dest: Path) -> Path:
+    ignore = shutil.ignore_patterns(".venv", ".git", "results", ".snakemake", "logs", "benchmarks", "__pycache__", "*.egg-info")
+    shutil.copytree(REPO, dest, ignore=ignore)
+    (dest / "results").mkdir(exist_ok=True)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    repo = copy_repo(tmp_path_factory.mktemp("wf") / "repo")
+    cmd = SNAKEMAKE + ["--cores", "2", "--configfile", "config/tiny.yaml", "-q"]
+    done = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return repo
+
+
+@pytest.mark.slow
+def test_captions_split_without_overlap(tiny_run):
+    train = pd.read_parquet(tiny_run / "results/captions/train.parquet")
+    held_out = pd.read_parquet(tiny_run / "results/captions/eval.parquet")
+    assert list(train.columns) == ["prompt_id", "prompt", "split"]
+    assert not set(train.prompt) & set(held_out.prompt) and len(held_out) >= 1
+
+
+@pytest.mark.slow
+def test_every_run_wrote_a_lora_log_and_curve(tiny_run):
+    for reward, method in RUNS:
+        run = tiny_run / f"results/runs/toy/{reward}/{method}"
+        lora = load_file(str(run / "lora/pytorch_lora_weights.safetensors"))
+        assert lora and all("lora_" in k and k.startswith("transformer.") for k in lora)
+        log = pd.read_parquet(run / "log.parquet")
+        assert list(log.iteration) == [0, 1]
+        for column in ("reward_mean", "reward_std", "diversity", "clusters", "bonus_mean", "regularizer", "clipfrac", "seconds_train"):
+            assert column in log
+        assert (log.regularizer > 0).all() == (method != "flow_grpo")
+        assert log.bonus_mean.notna().all() == (method == "diverse_grpo")
+        curve = pd.read_parquet(run / "curve.parquet")
+        assert list(curve.iteration) == [0, 1, 2] and {"diversity", "reward_reward", "mode_entropy"} <= set(curve)
+        config = json.loads((run / "config.json").read_text())
+        assert config["method"]["regularizer"] == {"flow_grpo": "none"}.get(method, "sa_reg")
+
+
+@pytest.mark.slow
+def test_samples_share_prompts_and_seeds_and_carry_every_reward(tiny_run):
+    base = pd.read_parquet(tiny_run / "results/samples/toy/base/images.parquet")
+    for reward, method in RUNS:
+        run = pd.read_parquet(tiny_run / f"results/samples/toy/{reward}/{method}/images.parquet")
+        assert {"prompt_id", "prompt", "index", "seed", "image", "reward_colour", "reward_contrast"} <= set(run)
+        assert run[["prompt_id", "index", "seed"]].equals(base[["prompt_id", "index", "seed"]])
+        assert run.image.map(lambda b: b[:8] == b"\x89PNG\r\n\x1a\n").all()
+
+
+@pytest.mark.slow
+def test_metrics_and_report(tiny_run):
+    metrics = pd.read_parquet(tiny_run / "results/metrics/toy/colour/diverse_grpo.parquet")
+    overall = metrics[metrics.scope == "overall"].set_index("metric").value
+    for name in ("diversity", "ssim_diversity", "fd_base", "irs_base", "fd_world", "mode_entropy", "mode_coverage", "reward_colour"):
+        assert name in overall.index
+    base = pd.read_parquet(tiny_run / "results/metrics/toy/base.parquet")
+    base_overall = base[base.scope == "overall"].set_index("metric").value
+    assert abs(base_overall["fd_base"]) < 1e-6 and base_overall["irs_base"] > 0
+    table = (tiny_run / "results/report/table.md").read_text()
+    assert all(m in table for m in ("base", "flow_grpo", "sa_reg", "diverse_grpo"))
+    summary = json.loads((tiny_run / "results/report/summary.json").read_text())
+    assert summary["toy/colour/diverse_grpo/diversity"] == pytest.approx(overall["diversity"], abs=1e-6)
+    for name in ("pareto.png", "curves.png", "grids/toy_colour.png", "grids/toy_contrast.png", "table.tex", "pareto.csv"):
+        assert (tiny_run / "results/report" / name).stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_second_invocation_has_nothing_to_do(tiny_run):
+    done = subprocess.run(SNAKEMAKE + ["--cores", "2", "--configfile", "config/tiny.yaml", "-n"],
+                          cwd=tiny_run, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "Nothing to be done" in done.stdout + done.stderr
