@@ -32,6 +32,8 @@ def _temps(directory: Path) -> list[Path]:
 WRITERS = {
     "parquet": (lambda p, v: io.write_parquet(pd.DataFrame({"v": [v]}), p),
                 lambda p: pd.read_parquet(p).v.tolist()[0], "pandas.DataFrame.to_parquet"),
+    "csv": (lambda p, v: io.write_csv(pd.DataFrame({"v": [v]}), p), lambda p: pd.read_csv(p).v.tolist()[0],
+            "pandas.DataFrame.to_csv"),
     "json": (lambda p, v: io.write_json({"v": v}, p), lambda p: json.loads(p.read_text())["v"], "json.dumps"),
     "text": (lambda p, v: io.write_text(f"v={v}", p), lambda p: int(p.read_text()[2:]), "pathlib.Path.write_text"),
     "safetensors": (lambda p, v: io.save_safetensors({"v": torch.tensor([float(v)])}, p),
