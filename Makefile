@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $@
 
 run: $(STAMP)
-	$(BIN)/snakemake --cores all
+	$(BIN)/snakemake --cores all --workflow-profile workflow/profiles/default
 	$(BIN)/python -m diversegrpo.timings
 
 test: $(STAMP)
