@@ -30,6 +30,7 @@ BAD_CONFIGS = [
     ("unknown backbone kind", {"backbones": {"toy": {"kind": "sdxl"}}}, "backbones.toy.kind: 'sdxl' is not one of ['toy', 'sd3', 'flux']"),
     ("unknown reward kind", {"rewards": {"colour": {"kind": "aesthetic"}}}, "rewards.colour.kind: 'aesthetic' is not one of ['toy_colour'"),
     ("unknown feature kind", {"features": {"kind": "clip"}}, "features.kind: 'clip' is not one of ['toy', 'dreamsim', 'inception']"),
+    ("unknown FID feature kind", {"features": {"fid": {"kind": "clip"}}}, "features.fid.kind: 'clip' is not one of ['toy', 'dreamsim', 'inception']"),
     ("unknown regulariser", {"methods": {"sa_reg": {"regularizer": "l2"}}}, "methods.sa_reg.regularizer: 'l2' is not one of ['none', 'kl', 'sa_reg']"),
     ("unknown sde type", {"backbones": {"toy": {"sde_type": "ode"}}}, "backbones.toy.sde_type: 'ode' is not one of ['sde', 'cps']"),
     ("unknown creative mix", {"methods": {"diverse_grpo": {"creative": {"mix": "zscore"}}}}, "creative.mix: 'zscore' is not one of ['raw', 'standardised']"),
