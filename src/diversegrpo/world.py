@@ -24,7 +24,10 @@ MODES = ("top-left", "top-right", "bottom-left", "bottom-right")
 BACKGROUND = 0.08
 IMAGE_SIZE = 16
 RADIUS = 3  # shapes fill a 7 x 7 box
-_CENTRES = {"top-left": (4, 4), "top-right": (4, 11), "bottom-left": (11, 4), "bottom-right": (11, 11)}
+# Each mode is one 8 x 8 quadrant and the jitter keeps the shape inside it, so that with the toy
+# backbone's 8-pixel patches one token holds one whole object.
+_CENTRES = {"top-left": (4, 4), "top-right": (4, 12), "bottom-left": (12, 4), "bottom-right": (12, 12)}
+JITTER = (-1, 0)
 _FOREGROUND_THRESHOLD = 0.25  # colour distance from the background
 _MIN_AREA = 8  # pixels; less is "no object"
 
@@ -83,7 +86,7 @@ def render(colour: str, shape: str, mode: int, offset: tuple[int, int] = (0, 0))
 def sample_images(prompts: list[str], rng: np.random.Generator) -> tuple[torch.Tensor, np.ndarray]:
     """(B, 3, 16, 16) true world images for `prompts` with uniformly drawn modes, and the (B,) modes."""
     modes = rng.integers(0, len(MODES), size=len(prompts))
-    offsets = rng.integers(-1, 2, size=(len(prompts), 2))
+    offsets = rng.choice(JITTER, size=(len(prompts), 2))
     images = [render(*parse(p), int(m), tuple(o)) for p, m, o in zip(prompts, modes, offsets)]
     return torch.from_numpy(np.stack(images)), modes
 
