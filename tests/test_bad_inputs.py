@@ -93,6 +93,7 @@ def test_messages_are_distinct():
 def test_shipped_configs_are_valid():
     C.validate(BASE, root=ROOT)
     C.validate(C.deep_merge(BASE, C.load(ROOT / "config/tiny.yaml")), root=ROOT)
+    C.validate(C.load(ROOT / "config/paper.yaml"), root=ROOT)  # with its shipped stand-in prompt file
 
 
 def test_paper_config_is_valid_with_its_prompt_file(tmp_path):
