@@ -198,7 +198,11 @@ class Run:
         bar.close()
 
     def finish(self) -> None:
-        write_parquet(pd.DataFrame(self.log), self.out / "log.parquet")
+        # Wall-clock seconds go to their own file, so that log.parquet is bit-identical across reruns.
+        log = pd.DataFrame(self.log)
+        timing = [c for c in log.columns if c.startswith("seconds_")]
+        write_parquet(log[["iteration", *timing]], self.out / "timings.parquet")
+        write_parquet(log.drop(columns=timing), self.out / "log.parquet")
         write_parquet(pd.DataFrame(self.curve), self.out / "curve.parquet")
         self.backbone.save_lora(self.out / "lora")  # last: its presence marks a finished run
 

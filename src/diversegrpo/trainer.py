@@ -121,6 +121,7 @@ def score(rollout: Rollout, reward: Reward, embedder: Embedder, creative: Creati
         bonus[members] = out.bonus
         rewards[members] = mix(quality[members], out.bonus, creative.beta, creative.mix)
         clusters.append(out.num_clusters)
+    check_finite("reward after the creative bonus", rewards, rollout.prompts)
     return Scores(quality, rewards, bonus, diversity, float(np.mean(clusters)))
 
 
@@ -160,10 +161,17 @@ def train_on_rollout(
                 with torch.no_grad(), backbone.adapter_disabled():
                     v_ref = backbone.velocity(x, sigma, cond, settings.guidance_scale)
                     ref_mean = sde_step(x, v_ref, sigma, sigma_next, settings.noise_level, prev_sample=x_next, sde_type=settings.sde_type).mean
-            reg = regularizers.penalty(method.regularizer, step.mean, ref_mean, step.std, j, method.sa_steps).mean()
+            reg_per_sample = regularizers.penalty(method.regularizer, step.mean, ref_mean, step.std, j, method.sa_steps)
+            reg = reg_per_sample.mean()
             loss = policy.loss + method.reg_weight * reg
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss at step {j} (policy {policy.loss.item()}, regulariser {reg.item()})")
+                per_sample = step.log_prob.detach() + reg_per_sample.detach()
+                bad = minibatch[~torch.isfinite(per_sample.cpu())].tolist() or minibatch.tolist()
+                detail = ", ".join(f"#{i} {rollout.prompts[i]!r}" for i in bad[:8])
+                raise FloatingPointError(
+                    f"non-finite loss at step {j} (policy {policy.loss.item()}, regulariser {reg.item()}); "
+                    f"{len(bad)} sample(s): {detail}"
+                )
             (loss / settings.trained_steps).backward()
             totals.policy_loss += policy.loss.item()
             totals.regularizer += reg.item()
@@ -171,6 +179,9 @@ def train_on_rollout(
             totals.approx_kl += policy.approx_kl.item()
             n += 1
         grad_norm = torch.nn.utils.clip_grad_norm_(backbone.lora_parameters(), settings.max_grad_norm)
+        if not torch.isfinite(grad_norm):
+            prompts = sorted({rollout.prompts[i] for i in minibatch.tolist()})
+            raise FloatingPointError(f"non-finite gradient norm on a minibatch with prompts {prompts[:8]}; no optimizer step taken")
         totals.grad_norm += float(grad_norm) / settings.minibatches
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -108,9 +108,10 @@ class ToyBackbone(Backbone):
 
     def save(self, directory: str | os.PathLike, metadata: dict | None = None) -> None:
         directory = Path(directory)
-        write_json(asdict(self.config), directory / CONFIG)
         state = self.trainable_modules().state_dict()
+        # Weights first: a kill between the two writes never pairs a new config with old weights.
         save_safetensors(state, directory / WEIGHTS, metadata={k: str(v) for k, v in (metadata or {}).items()})
+        write_json(asdict(self.config), directory / CONFIG)
 
     @classmethod
     def from_spec(cls, spec: dict, device: str | torch.device = "cpu") -> "ToyBackbone":

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from .. import report
-from ..io import write_json, write_text
+from ..io import write_csv, write_json, write_text
 
 
 def report_stage(
@@ -30,8 +30,7 @@ def report_stage(
     curves = {run: pd.read_parquet(Path(d) / "curve.parquet") for run, d in zip(runs, run_dirs)}
     logs = {run: pd.read_parquet(Path(d) / "log.parquet") for run, d in zip(runs, run_dirs)}
     pareto = report.pareto_data(curves)
-    pareto.to_csv(outputs["pareto_csv"] + ".tmp", index=False)
-    Path(outputs["pareto_csv"] + ".tmp").replace(outputs["pareto_csv"])
+    write_csv(pareto, outputs["pareto_csv"])
     report.plot_pareto(pareto, table, outputs["pareto"])
     report.plot_curves(logs, outputs["curves"])
 
