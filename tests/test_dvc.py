@@ -1,0 +1,232 @@
+"""The DVC layer (dvc.yaml): params cover the config, and on the tiny config (substituted for
+config/config.yaml in a git-initialised copy of the repository) `dvc repro` leaves a clean status,
+`dvc metrics show` reports the numbers of results/report/table.md, `dvc push` + a fresh clone's
+`dvc pull` + `snakemake --touch` is up to date, and a new diverse_grpo beta reruns only the phases (and,
+inside them, only the jobs) it affects.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+JOB_HEADER = re.compile(r"^(local)?rule (\w+):\s*$")
+# the full run is cut to 1 reward x {flow_grpo, diverse_grpo} to stay short
+MATRIX = {"backbones": ["toy"], "rewards": ["colour"], "methods": ["flow_grpo", "diverse_grpo"]}
+PHASES = ["captions", "backbone", "train", "sample", "evaluate", "report"]
+
+
+def leaves(d: dict, prefix: str = ""):
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict) and v:
+            yield from leaves(v, key)
+        else:
+            yield key
+
+
+def merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def dvc_params(dvc_yaml: dict) -> dict[str, set[str]]:
+    """stage -> the config/config.yaml keys it declares."""
+    out = {}
+    for name, stage in dvc_yaml["stages"].items():
+        keys = set()
+        for entry in stage.get("params", []):
+            if isinstance(entry, dict):
+                keys |= set(entry.get("config/config.yaml", []))
+            else:
+                keys.add(entry)
+        out[name] = keys
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ fast
+def test_dvc_params_cover_every_config_leaf_and_nothing_else():
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    declared = set().union(*dvc_params(dvc).values())
+    config_leaves = set(leaves(config))
+    assert config_leaves - declared == set(), "config keys no DVC stage depends on (add them to dvc.yaml)"
+    assert declared - config_leaves == set(), "dvc.yaml names keys that config/config.yaml lacks"
+    assert list(dvc["stages"]) == PHASES
+    for stage in dvc["stages"].values():
+        for out in stage.get("outs", []) + stage.get("metrics", []) + stage.get("plots", []):
+            (path, opts), = out.items()
+            assert opts.get("persist") is True, f"{path}: outputs must be persist: true"
+    report = dvc["stages"]["report"]
+    assert [next(iter(m)) for m in report["metrics"]] == ["results/report/summary.json"]
+    assert [next(iter(p)) for p in report["plots"]] == ["results/report/pareto.csv"]
+
+
+def test_creative_beta_is_a_param_of_train_only():
+    params = dvc_params(yaml.safe_load((REPO / "dvc.yaml").read_text()))
+    assert [s for s, keys in params.items() if "methods.diverse_grpo.creative.beta" in keys] == ["train"]
+
+
+# ------------------------------------------------------------------------------------------------ slow
+def copy_repo(dest: Path) -> None:
+    """The repository's files (tracked and untracked-but-not-ignored), without results/ or .venv."""
+    files = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO, check=True, capture_output=True,
+    ).stdout.decode().split("\0")
+    for rel in filter(None, files):
+        src = REPO / rel
+        if rel.startswith("results/") or rel == "dvc.lock" or not src.is_file():
+            continue
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dest / rel)
+    (dest / "results").mkdir(exist_ok=True)
+
+
+def run(cmd: list[str], cwd: Path, env: dict, timeout: int = 900) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}"
+    return proc.stdout + proc.stderr
+
+
+def git(cwd: Path, *args: str) -> str:
+    return run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", *args], cwd, dict(os.environ))
+
+
+def jobs_in(text: str) -> collections.Counter:
+    jobs, current = [], None
+    for line in text.splitlines():
+        m = JOB_HEADER.match(line)
+        if m:
+            current = [m.group(2), ""]
+            jobs.append(current)
+        elif current is not None and line.strip().startswith("wildcards:"):
+            current[1] = "/".join(p.split("=", 1)[1].strip() for p in line.split("wildcards:", 1)[1].split(","))
+        elif not line.strip():
+            current = None
+    return collections.Counter(tuple(j) for j in jobs)
+
+
+def stages_run(out: str) -> list[str]:
+    return re.findall(r"Running stage '([\w-]+)'", out)
+
+
+@pytest.fixture(scope="module")
+def repro(tmp_path_factory):
+    work = tmp_path_factory.mktemp("dvc") / "repo"
+    work.mkdir()
+    copy_repo(work)
+    config = merge(yaml.safe_load((REPO / "config/config.yaml").read_text()),
+                   yaml.safe_load((REPO / "config/tiny.yaml").read_text()))
+    config["runs"] = MATRIX
+    (work / "config/config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", DVC_NO_ANALYTICS="1", PATH=f"{BIN}:{os.environ.get('PATH', '')}")
+    git(work, "init", "-q", "-b", "main")
+    git(work, "add", "-A")
+    git(work, "commit", "-q", "-m", "tiny")
+    out = run([str(BIN / "dvc"), "repro"], work, env)
+    return work, env, out
+
+
+pytestmark_slow = pytest.mark.slow
+
+
+@pytestmark_slow
+def test_repro_runs_every_phase_and_leaves_a_clean_status(repro):
+    work, env, out = repro
+    assert stages_run(out) == PHASES, out[-3000:]
+    assert (work / "dvc.lock").is_file()
+    status = json.loads(run([str(BIN / "dvc"), "status", "--json"], work, env).strip().splitlines()[-1])
+    assert status == {}, f"dvc status after repro: {status}"
+
+
+@pytestmark_slow
+def test_metrics_show_reports_the_table(repro):
+    work, env, _ = repro
+    from diversegrpo import report
+
+    shown = json.loads(run([str(BIN / "dvc"), "metrics", "show", "--json"], work, env))
+    # {"": {"data": {"results/report/summary.json": {"data": {...}}}}} (DVC 3)
+    metrics = next(iter(shown.values()))["data"]["results/report/summary.json"]["data"]
+    assert metrics == json.loads((work / "results/report/summary.json").read_text())
+    assert metrics and all(isinstance(v, (int, float)) for v in metrics.values())
+
+    lines = [l for l in (work / "results/report/table.md").read_text().splitlines() if l.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    names = {h: c for c, h, *_ in report.COLUMNS}
+    in_table = {}
+    for line in lines[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        key = "/".join(cells[:3])
+        for h, cell in zip(header[3:], cells[3:]):
+            col = names.get(h) or "reward_" + h.rstrip("↑")
+            if cell != "nan":
+                in_table[f"{key}/{col}"] = float(cell)
+    assert set(in_table) == set(metrics), (
+        f"only in table.md: {sorted(set(in_table) - set(metrics))[:5]}, "
+        f"only in dvc metrics: {sorted(set(metrics) - set(in_table))[:5]}"
+    )
+    wrong = {k: (in_table[k], v) for k, v in metrics.items() if abs(in_table[k] - v) > 0.5e-4 + 1e-9}
+    assert not wrong, f"table.md and dvc metrics disagree: {wrong}"
+
+
+@pytestmark_slow
+def test_push_then_fresh_clone_pull_and_touch_is_up_to_date(repro, tmp_path):
+    work, env, _ = repro
+    git(work, "add", "dvc.lock")
+    git(work, "commit", "-q", "-m", "results")
+    run([str(BIN / "dvc"), "push"], work, env)
+    assert any((work / "dvc-remote").rglob("*")), "dvc push wrote nothing to the local remote"
+
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(work), str(clone))
+    run([str(BIN / "dvc"), "remote", "modify", "--local", "local", "url", str(work / "dvc-remote")], clone, env)
+    run([str(BIN / "dvc"), "pull"], clone, env)
+    assert (clone / "results/report/summary.json").read_text() == (work / "results/report/summary.json").read_text()
+    smk = [str(BIN / "snakemake"), "--workflow-profile", "workflow/profiles/default", "--cores", "1"]
+    run([*smk, "--touch"], clone, env)
+    dry = run([*smk, "-n"], clone, env)
+    assert jobs_in(dry) == collections.Counter(), f"after pull + touch snakemake wants to run:\n{dry[-3000:]}"
+
+
+@pytestmark_slow
+def test_new_beta_reruns_only_the_affected_phases_and_jobs(repro):
+    work, env, _ = repro
+    path = work / "config/config.yaml"
+    config = yaml.safe_load(path.read_text())
+    config["methods"]["diverse_grpo"]["creative"]["beta"] = 2.5
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+    lock_before = yaml.safe_load((work / "dvc.lock").read_text())["stages"]
+    out = run([str(BIN / "dvc"), "repro"], work, env)
+    lock_after = yaml.safe_load((work / "dvc.lock").read_text())["stages"]
+    ran_stages = stages_run(out)
+    # captions and backbone do not depend on beta; train does, and what reads its outputs runs again,
+    # except where DVC finds an input byte-identical (e.g. samples unchanged by a tiny retraining)
+    assert ran_stages[:2] == ["train", "sample"] and ran_stages[-1] == "report", out[-3000:]
+    assert set(ran_stages) <= {"train", "sample", "evaluate", "report"}, ran_stages
+    for name in ("captions", "backbone"):
+        assert lock_after[name] == lock_before[name], f"{name} changed"
+    samples_changed = lock_after["sample"]["outs"] != lock_before["sample"]["outs"]
+    assert ("evaluate" in ran_stages) == samples_changed, (ran_stages, samples_changed)
+    per_run = {"run_config", "train", "sample", "evaluate"}
+    ran = jobs_in(out)
+    allowed = {(r, f"toy/{rw}/diverse_grpo") for r in per_run for rw in MATRIX["rewards"]} | {("report", ""), ("all", "")}
+    assert set(ran) <= allowed, f"jobs outside diverse_grpo's runs reran: {set(ran) - allowed}"
+    for rw in MATRIX["rewards"]:
+        assert ran[("train", f"toy/{rw}/diverse_grpo")] == 1
+    status = json.loads(run([str(BIN / "dvc"), "status", "--json"], work, env).strip().splitlines()[-1])
+    assert status == {}, status
