@@ -27,6 +27,13 @@ TOY = {b for b in config["runs"]["backbones"] if config["backbones"][b]["kind"] 
 PACKAGE = ["src/diversegrpo/__init__.py"]
 
 
+# Seconds of work each: they run on the submitting host, never as cluster jobs.
+localrules:
+    captions,
+    run_config,
+    report,
+
+
 wildcard_constraints:
     backbone="[A-Za-z0-9_.-]+",
     reward="[A-Za-z0-9_.-]+",
