@@ -39,15 +39,15 @@ BAD_CONFIGS = [
     ("typo in train", {"train": {"learning_rate": 1e-3}}, "train: Additional properties are not allowed ('learning_rate' was unexpected)"),
     ("typo in a method's train", {"methods": {"sa_reg": {"train": {"group": 8}}}}, "methods.sa_reg.train: Additional properties are not allowed ('group' was unexpected)"),
     ("unknown lora key", {"backbones": {"toy": {"lora": {"dropout": 0.1}}}}, "backbones.toy.lora: Additional properties are not allowed ('dropout' was unexpected)"),
-    ("K above trained steps", {"methods": {"sa_reg": {"sa_steps": 8}}}, "methods.sa_reg.sa_steps: K=8 is larger than the 7 trained steps of backbone 'toy'"),
-    ("K above steps after a method override", {"methods": {"sa_reg": {"train": {"timestep_fraction": 0.25}}}}, "methods.sa_reg.sa_steps: K=3 is larger than the 2 trained steps"),
+    ("K above trained steps", {"backbones": {"toy": {"train_steps": 8}}, "methods": {"sa_reg": {"sa_steps": 8}}}, "methods.sa_reg.sa_steps: K=8 is larger than the 7 trained steps of backbone 'toy'"),
+    ("K above steps after a method override", {"backbones": {"toy": {"train_steps": 8}}, "methods": {"sa_reg": {"train": {"timestep_fraction": 0.25}}}}, "methods.sa_reg.sa_steps: K=3 is larger than the 2 trained steps"),
     ("K zero with sa_reg", {"methods": {"sa_reg": {"sa_steps": 0}}}, "methods.sa_reg.sa_steps: K must be >= 1 for regularizer 'sa_reg'"),
     ("group size 1", {"train": {"group_size": 1}}, "train.group_size: 1 is less than the minimum of 2"),
     ("group size 1 in a method", {"methods": {"flow_grpo": {"train": {"group_size": 1}}}}, "methods.flow_grpo.train.group_size: 1 is less than the minimum of 2"),
-    ("creative k above the group", {"methods": {"diverse_grpo": {"creative": {"k": 13}}}}, "methods.diverse_grpo.creative.k: 13 clusters cannot exceed group_size 12"),
+    ("creative k above the group", {"train": {"group_size": 12}, "methods": {"diverse_grpo": {"creative": {"k": 13}}}}, "methods.diverse_grpo.creative.k: 13 clusters cannot exceed group_size 12"),
     ("creative k above a method's group", {"methods": {"diverse_grpo": {"train": {"group_size": 3}}}}, "creative.k: 4 clusters cannot exceed group_size 3"),
-    ("auto k_max above the group", {"methods": {"diverse_grpo": {"creative": {"k": "auto", "k_max": 13}}}}, "methods.diverse_grpo.creative.k_max: 13 exceeds group_size 12"),
-    ("local width neighbour outside the group", {"methods": {"diverse_grpo": {"creative": {"sigma": "local", "knn": 12}}}}, "creative.knn: neighbour 12 does not exist in a group of 12 (allowed: 1..11)"),
+    ("auto k_max above the group", {"train": {"group_size": 12}, "methods": {"diverse_grpo": {"creative": {"k": "auto", "k_max": 13}}}}, "methods.diverse_grpo.creative.k_max: 13 exceeds group_size 12"),
+    ("local width neighbour outside the group", {"train": {"group_size": 12}, "methods": {"diverse_grpo": {"creative": {"sigma": "local", "knn": 12}}}}, "creative.knn: neighbour 12 does not exist in a group of 12 (allowed: 1..11)"),
     ("negative creative beta", {"methods": {"diverse_grpo": {"creative": {"beta": -0.5}}}}, "methods.diverse_grpo.creative.beta: -0.5 is less than the minimum of 0"),
     ("negative KL beta", {"methods": {"flow_grpo_kl": {"reg_weight": -0.01}}}, "methods.flow_grpo_kl.reg_weight: -0.01 is less than the minimum of 0"),
     ("KL without its weight", {"methods": {"kl2": {"regularizer": "kl"}}}, "methods.kl2.reg_weight: required with regularizer 'kl'"),
@@ -65,7 +65,7 @@ BAD_CONFIGS = [
     ("more eval prompts than held out", {"train": {"eval_prompts": 5}}, "train.eval_prompts: 5 exceeds the 4 held-out prompts"),
     ("more prompts per iteration than training prompts", {"train": {"prompts_per_iteration": 13}}, "train.prompts_per_iteration: 13 exceeds the 12 training prompts of captions.source 'toy'; allowed: 1..12"),
     ("a method asks more prompts than there are", {"methods": {"sa_reg": {"train": {"prompts_per_iteration": 20}}}}, "methods.sa_reg.train.prompts_per_iteration: 20 exceeds the 12 training prompts"),
-    ("more minibatches than samples", {"train": {"minibatches": 49}}, "train.minibatches: 49 exceeds the 48 samples of an iteration"),
+    ("more minibatches than samples", {"train": {"group_size": 12, "minibatches": 49}}, "train.minibatches: 49 exceeds the 48 samples of an iteration"),
     ("eval fraction 1", {"captions": {"eval_fraction": 1}}, "captions.eval_fraction: 1 is greater than or equal to the maximum of 1"),
     ("missing caption file", {"captions": {"source": "prompts/missing.txt"}}, "missing.txt' does not exist"),
     ("caption file of unknown type", {"captions": {"source": "prompts.json"}}, "captions.source: 'prompts.json' must be 'toy' or a file ending in ['.txt', '.csv', '.parquet']"),
@@ -194,7 +194,7 @@ def test_bad_caption_file_fails_config_validation(tmp_path):
 # ----- the Snakefile validates before it builds the DAG ----------------------------------------------------------
 def test_snakemake_dry_run_fails_fast_on_a_bad_config(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump({"methods": {"diverse_grpo": {"creative": {"k": 40}}}}))
+    bad.write_text(yaml.safe_dump({"train": {"group_size": 12}, "methods": {"diverse_grpo": {"creative": {"k": 40}}}}))
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.monotonic()
     result = subprocess.run(

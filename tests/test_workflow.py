@@ -48,7 +48,7 @@ def test_every_run_wrote_a_lora_log_and_curve(tiny_run):
         assert lora and all("lora_" in k and k.startswith("transformer.") for k in lora)
         log = pd.read_parquet(run / "log.parquet")
         assert list(log.iteration) == [0, 1]
-        for column in ("reward_mean", "reward_std", "diversity", "clusters", "bonus_mean", "regularizer", "clipfrac"):
+        for column in ("reward_mean", "reward_std", "diversity", "clusters", "bonus_mean", "regularizer", "clipfrac", "mode_entropy"):
             assert column in log
         timings = pd.read_parquet(run / "timings.parquet")
         assert list(timings.iteration) == [0, 1] and (timings.seconds_train > 0).all()

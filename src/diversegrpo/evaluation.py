@@ -40,6 +40,18 @@ def per_prompt(
     return pd.DataFrame(rows)
 
 
+def world_statistics(images: torch.Tensor, prompts: list[str]) -> dict[str, float]:
+    """Toy world: ground-truth valid share, mode coverage and mode entropy, averaged over prompts."""
+    labels = world.label(images, prompts)
+    prompts_arr = np.asarray(prompts)
+    rows = []
+    for prompt in dict.fromkeys(prompts):
+        m = prompts_arr == prompt
+        rows.append({"valid_share": float(labels.valid[m].mean()),
+                     **metrics.mode_statistics(labels.mode[m], labels.valid[m], len(world.MODES))})
+    return pd.DataFrame(rows).mean().to_dict()
+
+
 def score_rewards(images: torch.Tensor, prompts: list[str], rewards: dict[str, Reward]) -> dict[str, torch.Tensor]:
     out = {}
     for name, fn in rewards.items():

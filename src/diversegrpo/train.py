@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from . import __version__, trainer
 from .backbones.base import Backbone, LoraSpec
-from .evaluation import per_prompt, score_rewards
+from .evaluation import per_prompt, score_rewards, world_statistics
 from .io import load_state, remove_stale_temps, save_state, write_parquet
 from .registry import BACKBONES, build_features, build_reward, resolve
 from .sampling import sample_images
@@ -175,8 +175,10 @@ class Run:
     def step(self) -> None:
         rng, generator = iteration_rng(self.cfg.seed, self.iteration)
         prompts = list(rng.choice(self.cfg.train_prompts, size=self.cfg.train.prompts_per_iteration, replace=False))
+        statistics = world_statistics if self.cfg.backbone["kind"] == "toy" else None
         result = trainer.grpo_iteration(
-            self.backbone, self.optimizer, prompts, self.reward, self.embedder, self.cfg.method, self.cfg.train, generator
+            self.backbone, self.optimizer, prompts, self.reward, self.embedder, self.cfg.method, self.cfg.train,
+            generator, statistics,
         )
         self.log.append({"iteration": self.iteration, **result.row()})
         self.iteration += 1

@@ -90,10 +90,12 @@ class IterationLog:
     bonus_mean: float
     stats: StepStats = field(default_factory=StepStats)
     seconds: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # world-specific statistics of the rollout (toy: modes)
 
     def row(self) -> dict:
         seconds = {f"seconds_{k}": v for k, v in self.seconds.items()}
-        return {**{k: v for k, v in asdict(self).items() if k not in ("stats", "seconds")}, **asdict(self.stats), **seconds}
+        plain = {k: v for k, v in asdict(self).items() if k not in ("stats", "seconds", "extra")}
+        return {**plain, **asdict(self.stats), **self.extra, **seconds}
 
 
 def group_distances(embeddings: torch.Tensor, group_ids: torch.Tensor) -> list[torch.Tensor]:
@@ -199,8 +201,12 @@ def grpo_iteration(
     method: MethodSettings,
     settings: TrainSettings,
     generator: torch.Generator,
+    rollout_statistics: Callable[[torch.Tensor, list[str]], dict] | None = None,
 ) -> IterationLog:
-    """sample -> score -> advantages -> train; returns the iteration's log."""
+    """sample -> score -> advantages -> train; returns the iteration's log.
+
+    `rollout_statistics(images, prompts)` adds world-specific numbers to the log (the toy world's
+    ground-truth modes), computed on the rollout before the update."""
     clock = _Clock()
     rollout = sample_rollout(
         backbone, prompts, settings.group_size, settings.train_steps, settings.guidance_scale,
@@ -209,6 +215,7 @@ def grpo_iteration(
     clock.lap("sample")
     scores = score(rollout, reward, embedder, method.creative)
     advantages = group_advantages(scores.rewards, rollout.group_ids, settings.global_std, settings.adv_clip)
+    extra = rollout_statistics(rollout.images, rollout.prompts) if rollout_statistics else {}
     clock.lap("score")
     stats = train_on_rollout(backbone, optimizer, rollout, advantages, method, settings, generator)
     clock.lap("train")
@@ -220,6 +227,7 @@ def grpo_iteration(
         bonus_mean=float(scores.bonus.mean()) if scores.bonus is not None else float("nan"),
         stats=stats,
         seconds=clock.laps,
+        extra=extra,
     )
 
 

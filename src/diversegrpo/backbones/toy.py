@@ -25,10 +25,12 @@ LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", 
 @dataclass
 class ToyConfig:
     image_size: int = world.IMAGE_SIZE
-    patch_size: int = 2
+    # One 8 x 8 patch is one quadrant, i.e. one mode: one token holds one whole object. The width must
+    # exceed a patch's 8 * 8 * 3 = 192 values, or the noise part of the velocity cannot pass through.
+    patch_size: int = 8
     num_layers: int = 3
-    num_attention_heads: int = 2
-    attention_head_dim: int = 32
+    num_attention_heads: int = 4
+    attention_head_dim: int = 64
     text_dim: int = 32
     shift: float = 1.0
 

@@ -1,9 +1,10 @@
 """Two weight-free rewards for the toy world, computed honestly from the pixels.
 
-Each scores a quality the caption asks for, plus a mild compositional taste (5% of the score), as real
-preference models have (PickScore and HPS favour certain framings). That taste is what plain GRPO
-amplifies into mode collapse: the replicator dynamics of the paper push all mass onto the preferred
-quadrant, since group-normalised advantages turn even a small preference into a full-size signal.
+Each scores a quality the caption asks for, saturating once the image is good enough (as preference
+models barely separate two good images: PickScore varies by ~0.01 inside a group), plus a mild
+compositional taste (5% of the score), as real preference models have (PickScore and HPS favour certain
+framings). Among good images only the taste differs, and group-normalised advantages turn it into a
+full-size signal: the replicator dynamics of the paper push all mass onto the preferred quadrant.
 """
 
 from __future__ import annotations
@@ -14,7 +15,12 @@ import torch
 
 from .. import world
 
-TASTE = 0.05  # weight of the compositional preference
+TASTE = 0.05  # default weight of the compositional preference (config: rewards.<name>.taste)
+
+
+def _saturate(value: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """0 below `low`, 1 above `high` ("good enough"), linear in between."""
+    return ((value - low) / (high - low)).clamp(0, 1)
 
 
 def _foreground_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -40,14 +46,18 @@ def _target_colours(prompts: list[str]) -> torch.Tensor:
 
 
 class ColourReward:
-    """Colour fidelity: how close the foreground's pixels are to the caption's colour, times how much
-    foreground there is relative to a full shape. Taste: objects towards the top-left."""
+    """Colour fidelity: how close the foreground's pixels are to the caption's colour (saturating at
+    0.9 of a perfect match), times how much foreground there is relative to the smallest shape.
+    Taste: objects towards the top-left."""
 
     preferred = (0.25, 0.25)
 
+    def __init__(self, taste: float = TASTE):
+        self.taste = taste
+
     @classmethod
     def from_spec(cls, spec: dict, device="cpu") -> "ColourReward":
-        return cls()
+        return cls(spec.get("taste", TASTE))
 
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         images = images.detach().float().cpu().clamp(0, 1)
@@ -55,18 +65,23 @@ class ColourReward:
         error = (images - _target_colours(prompts)[:, :, None, None]).norm(dim=1) / math.sqrt(3)  # (B, H, W)
         fidelity = 1 - (weight * error).sum(dim=(1, 2)) / weight.sum(dim=(1, 2)).clamp_min(1e-6)
         presence = (area / _FULL_SHAPE_AREA).clamp(max=1)
-        return (1 - TASTE) * fidelity * presence + TASTE * _composition(centroid, self.preferred)
+        quality = _saturate(fidelity, 0.5, 0.9) * presence
+        return (1 - self.taste) * quality + self.taste * _composition(centroid, self.preferred)
 
 
 class ContrastReward:
-    """Figure-ground contrast: foreground luminance above a dark, clean background, penalising grey
-    in-between pixels (blur). Taste: objects towards the bottom-right."""
+    """Figure-ground contrast: foreground luminance above a dark, clean background, relative to what
+    the caption's colour allows, penalising grey in-between pixels (blur); saturates at 0.8 of ideal.
+    Taste: objects towards the bottom-right."""
 
     preferred = (0.75, 0.75)
 
+    def __init__(self, taste: float = TASTE):
+        self.taste = taste
+
     @classmethod
     def from_spec(cls, spec: dict, device="cpu") -> "ContrastReward":
-        return cls()
+        return cls(spec.get("taste", TASTE))
 
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         images = images.detach().float().cpu().clamp(0, 1)
@@ -75,8 +90,10 @@ class ContrastReward:
         fg = (weight * luminance).sum(dim=(1, 2)) / weight.sum(dim=(1, 2)).clamp_min(1e-6)
         bg = ((1 - weight) * luminance).sum(dim=(1, 2)) / (1 - weight).sum(dim=(1, 2)).clamp_min(1e-6)
         blur = (4 * weight * (1 - weight)).mean(dim=(1, 2))  # (B,) share of undecided pixels
-        contrast = (fg - bg).clamp(0, 1) - 2 * blur
-        return (1 - TASTE) * contrast + TASTE * _composition(centroid, self.preferred)
+        ideal = _target_colours(prompts).mean(dim=1) - world.BACKGROUND  # (B,) a perfect render's contrast
+        contrast = (fg - bg).clamp(min=0) / ideal - 2 * blur
+        quality = _saturate(contrast, 0.2, 0.8)
+        return (1 - self.taste) * quality + self.taste * _composition(centroid, self.preferred)
 
 
 _FULL_SHAPE_AREA = float(min(t.sum() for t in world.TEMPLATES.values())) / world.IMAGE_SIZE**2

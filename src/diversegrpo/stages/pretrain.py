@@ -84,7 +84,7 @@ def run_pretrain_stage(spec: dict, seed: int, threads: int, out: str) -> None:
     """Snakemake's `backbone` rule: pre-train on every caption of the world, report coverage."""
     torch.set_num_threads(threads)
     model = spec.get("model", {})
-    config = ToyConfig(**{k: model[k] for k in ("num_layers", "num_attention_heads", "attention_head_dim") if k in model})
+    config = ToyConfig(**{k: model[k] for k in ("patch_size", "num_layers", "num_attention_heads", "attention_head_dim") if k in model})
     settings = PretrainSettings(
         iterations=model.get("pretrain_iterations", 1500), batch_size=model.get("pretrain_batch_size", 64),
         lr=model.get("pretrain_lr", 1e-3), caption_dropout=model.get("caption_dropout", 0.1), seed=seed,
