@@ -11,13 +11,13 @@ import collections
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from repo_copy import copy_repo
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -81,21 +81,6 @@ def test_creative_beta_is_a_param_of_train_only():
 
 
 # ------------------------------------------------------------------------------------------------ slow
-def copy_repo(dest: Path) -> None:
-    """The repository's files (tracked and untracked-but-not-ignored), without results/ or .venv."""
-    files = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO, check=True, capture_output=True,
-    ).stdout.decode().split("\0")
-    for rel in filter(None, files):
-        src = REPO / rel
-        if rel.startswith("results/") or rel == "dvc.lock" or not src.is_file():
-            continue
-        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src, dest / rel)
-    (dest / "results").mkdir(exist_ok=True)
-
-
 def run(cmd: list[str], cwd: Path, env: dict, timeout: int = 900) -> str:
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}"

@@ -10,13 +10,13 @@ from __future__ import annotations
 import collections
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from repo_copy import copy_repo
 
 pytestmark = pytest.mark.slow
 
@@ -24,21 +24,6 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 JOB_HEADER = re.compile(r"^(local)?rule (\w+):\s*$")
 MATRIX = {"runs": {"backbones": ["toy"], "rewards": ["colour"], "methods": ["flow_grpo", "diverse_grpo"]}}
-
-
-def copy_repo(dest: Path) -> None:
-    """The repository's files (tracked and untracked-but-not-ignored), without results/ or .venv."""
-    files = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO, check=True, capture_output=True,
-    ).stdout.decode().split("\0")
-    for rel in filter(None, files):
-        src = REPO / rel
-        if rel.startswith("results/") or not src.is_file():
-            continue
-        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src, dest / rel)
-    (dest / "results").mkdir(exist_ok=True)
 
 
 def jobs_in_log(text: str) -> collections.Counter:

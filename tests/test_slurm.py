@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from repo_copy import copy_repo
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
@@ -56,21 +57,6 @@ def _unavailable() -> list[str]:
     if etc.exists() and not etc.is_symlink():
         reasons.append(f"{etc} exists: a real SLURM installation, which the test cluster will not shadow")
     return reasons
-
-
-def _copy_repo(dest: Path) -> None:
-    """The repository's files (tracked and untracked-but-not-ignored), without results/ or .venv."""
-    files = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO, check=True, capture_output=True,
-    ).stdout.decode().split("\0")
-    for rel in filter(None, files):
-        src = REPO / rel
-        if rel.startswith(("results/", ".dvc/cache")) or not src.is_file():
-            continue
-        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src, dest / rel)
-    (dest / "results").mkdir(exist_ok=True)
 
 
 def _jobs_in_log(text: str) -> list[tuple[str, str, bool]]:
@@ -144,7 +130,7 @@ def test_every_stage_runs_as_a_slurm_job_and_forcerun_resubmits_one_run(cluster,
     env = cluster
     work = tmp_path / "repo"
     work.mkdir()
-    _copy_repo(work)
+    copy_repo(work)
     (work / "matrix.yaml").write_text(yaml.safe_dump(MATRIX))
 
     # --- the whole tiny pipeline on the cluster ------------------------------------------------------

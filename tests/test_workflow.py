@@ -2,25 +2,18 @@
 the schema the next stage reads, and a second invocation has nothing to do."""
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from repo_copy import copy_repo
 from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 RUNS = [(r, m) for r in ("colour", "contrast") for m in ("flow_grpo", "sa_reg", "diverse_grpo")]
-
-
-def copy_repo(dest: Path) -> Path:
-    ignore = shutil.ignore_patterns(".venv", ".git", "results", ".snakemake", "logs", "benchmarks", "__pycache__", "*.egg-info")
-    shutil.copytree(REPO, dest, ignore=ignore)
-    (dest / "results").mkdir(exist_ok=True)
-    return dest
 
 
 @pytest.fixture(scope="module")

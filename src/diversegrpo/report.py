@@ -7,7 +7,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
@@ -83,16 +82,25 @@ def pareto_data(curves: dict[tuple[str, str, str], pd.DataFrame]) -> pd.DataFram
 
 
 def plot_pareto(data: pd.DataFrame, final: pd.DataFrame, path) -> None:
-    """Reward vs diversity over training checkpoints: each method a path from the base model outwards."""
+    """Reward vs diversity: each method's path over training checkpoints (curve.parquet, held-out
+    prompts), and stars for the final evaluation of the sample stage (base included)."""
     pairs = list(data.groupby(["backbone", "reward"]).groups)
     fig, axes = plt.subplots(1, len(pairs), figsize=(5 * len(pairs), 4), squeeze=False)
     for ax, (backbone, reward) in zip(axes[0], pairs):
+        colours = {}
         for method, curve in data[(data.backbone == backbone) & (data.reward == reward)].groupby("method"):
             curve = curve.sort_values("iteration")
-            ax.plot(curve.diversity, curve.reward_value, "-o", ms=3, label=method)
+            (line,) = ax.plot(curve.diversity, curve.reward_value, "-o", ms=3, label=f"{method} (training)")
+            colours[method] = line.get_color()
             ax.annotate(str(curve.iteration.iloc[-1]), (curve.diversity.iloc[-1], curve.reward_value.iloc[-1]), fontsize=7)
+        rows = final[(final.backbone == backbone) & (final.reward == reward)]
+        for row in rows.itertuples(index=False):
+            value = getattr(row, f"reward_{reward}", None)
+            if value is not None:
+                ax.scatter(row.diversity, value, marker="*", s=120, color=colours.get(row.method, "black"), zorder=3)
+                ax.annotate(f"{row.method} (final)", (row.diversity, value), fontsize=7, xytext=(4, -8), textcoords="offset points")
         ax.set(title=f"{backbone} / {reward}", xlabel="diversity (mean pairwise distance)", ylabel=f"{reward} reward")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     _save(fig, path)
 
 

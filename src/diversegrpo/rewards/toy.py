@@ -45,55 +45,58 @@ def _target_colours(prompts: list[str]) -> torch.Tensor:
     return torch.tensor([world.COLOURS[world.parse(p)[0]] for p in prompts])  # (B, 3)
 
 
-class ColourReward:
+class _ToyReward:
+    """(1 - taste) * quality + taste * composition; subclasses define the quality and the taste."""
+
+    preferred: tuple[float, float]
+
+    def __init__(self, taste: float = TASTE):
+        self.taste = taste
+
+    @classmethod
+    def from_spec(cls, spec: dict, device="cpu") -> "_ToyReward":
+        return cls(spec.get("taste", TASTE))
+
+    def quality(self, images: torch.Tensor, weight: torch.Tensor, area: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """(B,) in [0, 1] from (B, 3, H, W) images, their (B, H, W) soft foreground and (B,) its area."""
+        raise NotImplementedError
+
+    def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        images = images.detach().float().cpu().clamp(0, 1)
+        weight, centroid, area = _foreground_stats(images)
+        quality = self.quality(images, weight, area, prompts)
+        return (1 - self.taste) * quality + self.taste * _composition(centroid, self.preferred)
+
+
+class ColourReward(_ToyReward):
     """Colour fidelity: how close the foreground's pixels are to the caption's colour (saturating at
     0.9 of a perfect match), times how much foreground there is relative to the smallest shape.
     Taste: objects towards the top-left."""
 
     preferred = (0.25, 0.25)
 
-    def __init__(self, taste: float = TASTE):
-        self.taste = taste
-
-    @classmethod
-    def from_spec(cls, spec: dict, device="cpu") -> "ColourReward":
-        return cls(spec.get("taste", TASTE))
-
-    def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        images = images.detach().float().cpu().clamp(0, 1)
-        weight, centroid, area = _foreground_stats(images)
+    def quality(self, images, weight, area, prompts):
         error = (images - _target_colours(prompts)[:, :, None, None]).norm(dim=1) / math.sqrt(3)  # (B, H, W)
         fidelity = 1 - (weight * error).sum(dim=(1, 2)) / weight.sum(dim=(1, 2)).clamp_min(1e-6)
         presence = (area / _FULL_SHAPE_AREA).clamp(max=1)
-        quality = _saturate(fidelity, 0.5, 0.9) * presence
-        return (1 - self.taste) * quality + self.taste * _composition(centroid, self.preferred)
+        return _saturate(fidelity, 0.5, 0.9) * presence
 
 
-class ContrastReward:
+class ContrastReward(_ToyReward):
     """Figure-ground contrast: foreground luminance above a dark, clean background, relative to what
     the caption's colour allows, penalising grey in-between pixels (blur); saturates at 0.8 of ideal.
     Taste: objects towards the bottom-right."""
 
     preferred = (0.75, 0.75)
 
-    def __init__(self, taste: float = TASTE):
-        self.taste = taste
-
-    @classmethod
-    def from_spec(cls, spec: dict, device="cpu") -> "ContrastReward":
-        return cls(spec.get("taste", TASTE))
-
-    def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        images = images.detach().float().cpu().clamp(0, 1)
-        weight, centroid, _ = _foreground_stats(images)
+    def quality(self, images, weight, area, prompts):
         luminance = images.mean(dim=1)  # (B, H, W)
         fg = (weight * luminance).sum(dim=(1, 2)) / weight.sum(dim=(1, 2)).clamp_min(1e-6)
         bg = ((1 - weight) * luminance).sum(dim=(1, 2)) / (1 - weight).sum(dim=(1, 2)).clamp_min(1e-6)
         blur = (4 * weight * (1 - weight)).mean(dim=(1, 2))  # (B,) share of undecided pixels
         ideal = _target_colours(prompts).mean(dim=1) - world.BACKGROUND  # (B,) a perfect render's contrast
         contrast = (fg - bg).clamp(min=0) / ideal - 2 * blur
-        quality = _saturate(contrast, 0.2, 0.8)
-        return (1 - self.taste) * quality + self.taste * _composition(centroid, self.preferred)
+        return _saturate(contrast, 0.2, 0.8)
 
 
 _FULL_SHAPE_AREA = float(min(t.sum() for t in world.TEMPLATES.values())) / world.IMAGE_SIZE**2
