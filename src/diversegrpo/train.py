@@ -108,9 +108,8 @@ class Run:
         torch.set_num_threads(cfg.torch_threads)
         self.device = resolve_device(cfg.device)
         self.backbone = build_backbone(cfg.backbone, self.device)
-        lora = cfg.backbone["lora"]
         torch.manual_seed(cfg.seed)  # the LoRA's random init (lora_A): same seed, same adapter
-        self.backbone.add_lora(LoraSpec(lora["rank"], lora["alpha"], self.backbone.lora_targets, lora.get("init", "gaussian")))
+        self.backbone.add_lora(LoraSpec.from_config(cfg.backbone["lora"], self.backbone.lora_targets))
         self.reward = build_reward(cfg.reward, self.device)
         self.embedder = build_features(cfg.features, self.device)
         self.optimizer = torch.optim.AdamW(self.backbone.lora_parameters(), lr=cfg.train.lr, weight_decay=1e-4)

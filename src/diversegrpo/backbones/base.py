@@ -53,6 +53,11 @@ class LoraSpec:
     target_modules: list[str] | str
     init: str | bool = "gaussian"
 
+    @classmethod
+    def from_config(cls, lora: dict, target_modules: list[str] | str) -> "LoraSpec":
+        """A backbone config's `lora: {rank, alpha, init}` with the backbone's own targets."""
+        return cls(int(lora["rank"]), float(lora["alpha"]), target_modules, lora.get("init", "gaussian"))
+
 
 class Backbone(ABC):
     """The adapter. Subclasses set `transformer`, `latent_shape`, `shift`, `device`, `dtype`."""

@@ -69,9 +69,7 @@ class DiffusersBackbone(Backbone):
 
     def lora_spec(self) -> LoraSpec:
         """The config's `lora: {rank, alpha, init}` with this backbone's targets."""
-        lora = self.spec.get("lora", {})
-        return LoraSpec(rank=int(lora.get("rank", 32)), alpha=float(lora.get("alpha", 64)),
-                        target_modules=self.lora_targets, init=lora.get("init", "gaussian"))
+        return LoraSpec.from_config({"rank": 32, "alpha": 64, **self.spec.get("lora", {})}, self.lora_targets)
 
     def add_lora(self, spec: LoraSpec | None = None) -> None:
         spec = spec or self.lora_spec()

@@ -33,8 +33,7 @@ def sample_stage(
         captions = captions.head(max_prompts)
     backbone = build_backbone(backbone_spec, device)
     if lora_dir is not None:
-        lora = backbone_spec["lora"]
-        backbone.add_lora(LoraSpec(lora["rank"], lora["alpha"], backbone.lora_targets, lora.get("init", "gaussian")))
+        backbone.add_lora(LoraSpec.from_config(backbone_spec["lora"], backbone.lora_targets))
         backbone.load_lora(lora_dir)
     prompts = [p for p in captions.prompt for _ in range(images_per_prompt)]
     images = sample_images(backbone, prompts, backbone_spec["eval_steps"], backbone_spec["guidance_scale"], seed=seed)
