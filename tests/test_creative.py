@@ -81,3 +81,16 @@ def test_mix_raw_and_standardised():
     torch.testing.assert_close(z, zq + zb)
     # constant bonus: standardising gives 0, not a division by zero
     torch.testing.assert_close(mix(q, torch.ones(3), 1.0, "standardised"), zq)
+
+
+@pytest.mark.parametrize("seed", [11, 12, 13])
+def test_partition_agrees_with_scikit_learn_spectral_clustering(seed):
+    """Our deterministic k-means on the spectral embedding against scikit-learn's reference pipeline."""
+    from sklearn.cluster import SpectralClustering
+
+    e, truth = planted(noise=0.15, seed=seed)
+    d = cosine_distances(e).numpy()
+    reference = SpectralClustering(3, affinity="precomputed", assign_labels="cluster_qr", random_state=0)
+    ours = exploration_bonus(d, k=3, sigma="median").labels
+    assert same_partition(ours, reference.fit_predict(affinity(d, sigma="median")))
+    assert same_partition(ours, truth)
