@@ -17,11 +17,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from repo_copy import copy_repo
+from workflow_helpers import copy_repo, jobs_in_log
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-JOB_HEADER = re.compile(r"^(local)?rule (\w+):\s*$")
 # the full run is cut to 1 reward x {flow_grpo, diverse_grpo} to stay short
 MATRIX = {"backbones": ["toy"], "rewards": ["colour"], "methods": ["flow_grpo", "diverse_grpo"]}
 PHASES = ["captions", "backbone", "train", "sample", "evaluate", "report"]
@@ -89,20 +88,6 @@ def run(cmd: list[str], cwd: Path, env: dict, timeout: int = 900) -> str:
 
 def git(cwd: Path, *args: str) -> str:
     return run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", *args], cwd, dict(os.environ))
-
-
-def jobs_in(text: str) -> collections.Counter:
-    jobs, current = [], None
-    for line in text.splitlines():
-        m = JOB_HEADER.match(line)
-        if m:
-            current = [m.group(2), ""]
-            jobs.append(current)
-        elif current is not None and line.strip().startswith("wildcards:"):
-            current[1] = "/".join(p.split("=", 1)[1].strip() for p in line.split("wildcards:", 1)[1].split(","))
-        elif not line.strip():
-            current = None
-    return collections.Counter(tuple(j) for j in jobs)
 
 
 def stages_run(out: str) -> list[str]:
@@ -184,7 +169,7 @@ def test_push_then_fresh_clone_pull_and_touch_is_up_to_date(repro, tmp_path):
     smk = [str(BIN / "snakemake"), "--workflow-profile", "workflow/profiles/default", "--cores", "1"]
     run([*smk, "--touch"], clone, env)
     dry = run([*smk, "-n"], clone, env)
-    assert jobs_in(dry) == collections.Counter(), f"after pull + touch snakemake wants to run:\n{dry[-3000:]}"
+    assert jobs_in_log(dry) == collections.Counter(), f"after pull + touch snakemake wants to run:\n{dry[-3000:]}"
 
 
 @pytestmark_slow
@@ -208,7 +193,7 @@ def test_new_beta_reruns_only_the_affected_phases_and_jobs(repro):
     samples_changed = lock_after["sample"]["outs"] != lock_before["sample"]["outs"]
     assert ("evaluate" in ran_stages) == samples_changed, (ran_stages, samples_changed)
     per_run = {"run_config", "train", "sample", "evaluate"}
-    ran = jobs_in(out)
+    ran = jobs_in_log(out)
     allowed = {(r, f"toy/{rw}/diverse_grpo") for r in per_run for rw in MATRIX["rewards"]} | {("report", ""), ("all", "")}
     assert set(ran) <= allowed, f"jobs outside diverse_grpo's runs reran: {set(ran) - allowed}"
     for rw in MATRIX["rewards"]:

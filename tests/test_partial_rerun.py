@@ -9,37 +9,19 @@ from __future__ import annotations
 
 import collections
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from repo_copy import copy_repo
+from workflow_helpers import copy_repo, jobs_in_log
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-JOB_HEADER = re.compile(r"^(local)?rule (\w+):\s*$")
 MATRIX = {"runs": {"backbones": ["toy"], "rewards": ["colour"], "methods": ["flow_grpo", "diverse_grpo"]}}
-
-
-def jobs_in_log(text: str) -> collections.Counter:
-    """Counter of (rule, 'backbone/reward/method' or '') over the jobs a (dry) run lists."""
-    jobs, current = [], None
-    for line in text.splitlines():
-        m = JOB_HEADER.match(line)
-        if m:
-            current = [m.group(2), ""]
-            jobs.append(current)
-        elif current is not None and line.strip().startswith("wildcards:"):
-            pairs = line.split("wildcards:", 1)[1].split(",")
-            current[1] = "/".join(p.split("=", 1)[1].strip() for p in pairs)
-        elif not line.strip():
-            current = None
-    return collections.Counter(tuple(j) for j in jobs)
 
 
 def snakemake(work: Path, *args: str, overlays=()) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from repo_copy import copy_repo
+from workflow_helpers import copy_repo
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from repo_copy import copy_repo
+from workflow_helpers import copy_repo
 from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
