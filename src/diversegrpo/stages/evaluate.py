@@ -4,6 +4,8 @@ the toy world the ground-truth valid share, mode coverage and mode entropy)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import torch
@@ -19,10 +21,15 @@ def load_images(table: pd.DataFrame) -> torch.Tensor:
 
 
 def evaluate_stage(samples: str, base_samples: str, features_spec: dict, toy_world: bool, labels: dict, out: str) -> None:
-    run, base = pd.read_parquet(samples), pd.read_parquet(base_samples)
     embed = build_features(features_spec)
-    images, base_images = load_images(run), load_images(base)
-    emb, base_emb = embed(images), embed(base_images)
+    run = pd.read_parquet(samples)
+    images = load_images(run)
+    emb = embed(images)
+    if Path(base_samples).resolve() == Path(samples).resolve():  # the base run is its own reference
+        base, base_emb = run, emb
+    else:
+        base = pd.read_parquet(base_samples)
+        base_emb = embed(load_images(base))
     rewards = {c.removeprefix("reward_"): torch.tensor(run[c].to_numpy()) for c in run.columns if c.startswith("reward_")}
     table = per_prompt(images, run.prompt.tolist(), emb, rewards, toy_world)
     overall = table.drop(columns=["prompt", "n_images"]).mean().to_dict()
