@@ -10,6 +10,11 @@ A checkpoint records a fingerprint of what made it (`config_hash`: the run confi
 and the toy backbone's weights). A rerun with anything changed ignores the stale checkpoint, says so on
 stderr, and starts over; so does a rerun after a checkpoint that cannot be read. A checkpoint whose
 LoRA or optimizer state holds a NaN / inf is never written: the last good one stays.
+
+Several processes (`accelerate launch --num_processes N -m diversegrpo.train ...`, one per GPU; the
+run config's `processes` must equal N) train one run together: each samples group_size / N images of
+every prompt (see trainer.py). Only the main process writes (checkpoints, LoRA, Parquet files) and shows
+progress; every process resumes from the same checkpoint.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from . import __version__, trainer
+from . import __version__, distributed, trainer
 from .backbones.base import Backbone, LoraSpec
 from .evaluation import per_prompt, score_rewards, world_statistics
 from .io import load_state, remove_stale_temps, save_state, write_parquet
@@ -44,6 +49,8 @@ def config_hash(config: dict) -> str:
     of the backbone's weights when `backbone.path` holds them (a re-pre-trained toy model).
     Paper backbones (Hugging Face ids / large directories) enter through their spec only."""
     h = hashlib.sha256()
+    if config.get("processes") == 1:  # the default: one process hashes as runs did before the key existed
+        config = {k: v for k, v in config.items() if k != "processes"}
     h.update(json.dumps(config, sort_keys=True, separators=(",", ":"), default=str).encode())
     h.update(f"diversegrpo {__version__}".encode())
     path = config.get("backbone", {}).get("path")
@@ -74,6 +81,7 @@ class RunConfig:
     seed: int = 0
     device: str = "cpu"
     torch_threads: int = 1
+    processes: int = 1  # training processes of this one run (absent from a run config: 1)
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
@@ -94,19 +102,35 @@ def build_backbone(spec: dict, device) -> Backbone:
     return resolve(BACKBONES, spec["kind"], "backbone").from_spec(spec, device=device)
 
 
-def iteration_rng(seed: int, iteration: int) -> tuple[np.random.Generator, torch.Generator]:
-    """The randomness of one iteration, a pure function of (seed, iteration): resumes need no RNG state."""
-    return np.random.default_rng([seed, iteration]), torch.Generator().manual_seed(seed * 1_000_003 + iteration)
+def iteration_rng(seed: int, iteration: int, rank: int = 0) -> tuple[np.random.Generator, torch.Generator]:
+    """The randomness of one iteration, a pure function of (seed, iteration): resumes need no RNG state.
+
+    The numpy generator (the iteration's prompts) is the same on every process; the torch generator (the
+    SDE noise, the minibatch order) is each process's own, a function of (seed, iteration, rank). Rank 0
+    keeps the one-process stream, so a one-process run is what it always was."""
+    prompts = np.random.default_rng([seed, iteration])
+    if rank == 0:
+        return prompts, torch.Generator().manual_seed(seed * 1_000_003 + iteration)
+    state = np.random.SeedSequence([seed, iteration, rank]).generate_state(1, np.uint64)[0]
+    return prompts, torch.Generator().manual_seed(int(state))
 
 
 class Run:
     """A run's state: model, optimizer, logs; checkpointed every `checkpoint_every` iterations."""
 
-    def __init__(self, cfg: RunConfig, out: Path):
+    def __init__(self, cfg: RunConfig, out: Path, collective: distributed.Collective | None = None):
         self.cfg, self.out = cfg, Path(out)
+        self.collective = collective or distributed.SingleProcess(resolve_device(cfg.device))
+        if cfg.processes != self.collective.world_size:
+            raise ValueError(
+                f"the run config asks for {cfg.processes} training process(es) but {self.collective.world_size} were "
+                f"launched; start it with `accelerate launch --num_processes {cfg.processes} -m diversegrpo.train ...` "
+                f"(the workflow's train rule does), or with plain `python -m diversegrpo.train ...` for 1"
+            )
+        trainer.per_process_group_size(cfg.train.group_size, self.collective.world_size)  # fails before any work
         self.config_hash = config_hash(asdict(cfg))  # defaults filled in: a changed default changes it too
         torch.set_num_threads(cfg.torch_threads)
-        self.device = resolve_device(cfg.device)
+        self.device = self.collective.device  # one process: cfg.device; several: this process's own GPU
         self.backbone = build_backbone(cfg.backbone, self.device)
         torch.manual_seed(cfg.seed)  # the LoRA's random init (lora_A): same seed, same adapter
         self.backbone.add_lora(LoraSpec.from_config(cfg.backbone["lora"], self.backbone.lora_targets))
@@ -120,33 +144,46 @@ class Run:
         """Continue from DIR/checkpoints/state.pt when it was made by this very config; otherwise start
         over (with a note on stderr) and leave the stale file to be replaced by the first checkpoint."""
         path = self.out / CHECKPOINT
-        for directory in (self.out, path.parent, self.out / "lora"):
-            remove_stale_temps(directory)  # leftovers of a writer killed mid-write (kill -9, OOM killer)
+        if self.collective.is_main:
+            for directory in (self.out, path.parent, self.out / "lora"):
+                remove_stale_temps(directory)  # leftovers of a writer killed mid-write (kill -9, OOM killer)
+        self.collective.barrier()  # the clean-up is the main process's write: nobody reads before it is done
+        self._load_checkpoint(path)
+        # Every process read the same file; should one of them have failed to, their loops would differ.
+        iterations = self.collective.gather(torch.tensor([self.iteration]))
+        if not bool((iterations == self.iteration).all()):
+            raise RuntimeError(f"the training processes resumed at different iterations {iterations.tolist()} from {path}")
+
+    def _note(self, message: str) -> None:
+        if self.collective.is_main:
+            print(message, file=sys.stderr)
+
+    def _load_checkpoint(self, path: Path) -> None:
         if not path.exists():
             return
         try:
             state = load_state(path)
         except Exception as e:  # noqa: BLE001 (a truncated or foreign file: never fatal, never trusted)
-            print(f"note: ignoring unreadable checkpoint {path} ({type(e).__name__}: {e}); starting over", file=sys.stderr)
+            self._note(f"note: ignoring unreadable checkpoint {path} ({type(e).__name__}: {e}); starting over")
             return
         if state.get("config_hash") != self.config_hash:
-            print(
+            self._note(
                 f"note: ignoring checkpoint {path} (iteration {state.get('iteration')}): it was made with a different "
                 f"run config, package version or backbone (hash {str(state.get('config_hash'))[:12]} != "
-                f"{self.config_hash[:12]}); starting over",
-                file=sys.stderr,
+                f"{self.config_hash[:12]}); starting over"
             )
             return
         if not 0 < state["iteration"] <= self.cfg.iterations:
-            print(f"note: ignoring checkpoint {path} at iteration {state['iteration']} of {self.cfg.iterations}", file=sys.stderr)
+            self._note(f"note: ignoring checkpoint {path} at iteration {state['iteration']} of {self.cfg.iterations}")
             return
         self.backbone.set_lora_state(state["lora"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.iteration, self.log, self.curve = state["iteration"], state["log"], state["curve"]
-        print(f"resumed from {path} at iteration {self.iteration}", file=sys.stderr)
+        self._note(f"resumed from {path} at iteration {self.iteration}")
 
     def checkpoint(self) -> None:
-        """Save the resumable state; refuse (keeping the previous checkpoint) when it is not finite."""
+        """Save the resumable state (the main process); refuse (keeping the previous checkpoint) when it is
+        not finite, on every process alike (the LoRA and the optimizer are equal everywhere)."""
         lora, optimizer = self.backbone.lora_state_dict(), self.optimizer.state_dict()
         bad = [k for k, v in lora.items() if v.is_floating_point() and not torch.isfinite(v).all()]
         bad += [f"optimizer.{i}.{k}" for i, s in optimizer["state"].items() for k, v in s.items()
@@ -156,11 +193,12 @@ class Run:
                 f"iteration {self.iteration}: non-finite LoRA / optimizer state {bad[:5]}; not checkpointed "
                 f"(the last good checkpoint {self.out / CHECKPOINT} is kept)"
             )
-        save_state(
-            {"config_hash": self.config_hash, "lora": lora, "optimizer": optimizer,
-             "iteration": self.iteration, "log": self.log, "curve": self.curve},
-            self.out / CHECKPOINT,
-        )
+        if self.collective.is_main:
+            save_state(
+                {"config_hash": self.config_hash, "lora": lora, "optimizer": optimizer,
+                 "iteration": self.iteration, "log": self.log, "curve": self.curve},
+                self.out / CHECKPOINT,
+            )
 
     def evaluate(self) -> dict:
         """ODE samples on held-out prompts, fixed seeds: one point of the reward-diversity curve."""
@@ -172,33 +210,44 @@ class Run:
         return {"iteration": self.iteration, **table.drop(columns=["prompt", "n_images"]).mean().to_dict()}
 
     def step(self) -> None:
-        rng, generator = iteration_rng(self.cfg.seed, self.iteration)
+        rng, generator = iteration_rng(self.cfg.seed, self.iteration, self.collective.rank)
         prompts = list(rng.choice(self.cfg.train_prompts, size=self.cfg.train.prompts_per_iteration, replace=False))
         statistics = world_statistics if self.cfg.backbone["kind"] == "toy" else None
         result = trainer.grpo_iteration(
             self.backbone, self.optimizer, prompts, self.reward, self.embedder, self.cfg.method, self.cfg.train,
-            generator, statistics,
+            generator, statistics, self.collective,
         )
         self.log.append({"iteration": self.iteration, **result.row()})
         self.iteration += 1
 
+    def evaluate_on_main(self) -> None:
+        """The held-out evaluation, by the main process alone while the others wait: it is a few ODE
+        batches every `eval_every` iterations, and one process keeps the curve's seeds and order simple."""
+        if self.collective.is_main:
+            self.curve.append(self.evaluate())
+        self.collective.barrier()
+
     def train(self) -> None:
         cfg = self.cfg
-        if not self.curve:
-            self.curve.append(self.evaluate())
-        bar = tqdm(total=cfg.iterations, initial=self.iteration, desc=f"{self.out}", mininterval=2)
+        if self.iteration == 0:  # a resumed run has its first evaluation in the checkpoint's curve
+            self.evaluate_on_main()
+        bar = tqdm(total=cfg.iterations, initial=self.iteration, desc=f"{self.out}", mininterval=2,
+                   disable=not self.collective.is_main)
         while self.iteration < cfg.iterations:
             self.step()
             row = self.log[-1]
             bar.set_postfix(reward=f"{row['reward_mean']:.3f}", diversity=f"{row['diversity']:.3f}", refresh=False)
             bar.update()
             if self.iteration % cfg.eval_every == 0 or self.iteration == cfg.iterations:
-                self.curve.append(self.evaluate())
+                self.evaluate_on_main()
             if self.iteration % cfg.checkpoint_every == 0 and self.iteration < cfg.iterations:
                 self.checkpoint()
         bar.close()
 
     def finish(self) -> None:
+        """The run's artifacts, written by the main process."""
+        if not self.collective.is_main:
+            return
         # Wall-clock seconds go to their own file, so that log.parquet is bit-identical across reruns.
         log = pd.DataFrame(self.log)
         timing = [c for c in log.columns if c.startswith("seconds_")]
@@ -213,9 +262,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run-config", required=True, type=Path, help="JSON written by the workflow's run_config rule")
     parser.add_argument("--out", required=True, type=Path, help="the run's directory under results/runs/")
     args = parser.parse_args(argv)
-    run = Run(RunConfig.from_dict(json.loads(args.run_config.read_text())), args.out)
+    cfg = RunConfig.from_dict(json.loads(args.run_config.read_text()))
+    collective = distributed.from_environment(resolve_device(cfg.device))
+    run = Run(cfg, args.out, collective)
     run.train()
     run.finish()
+    # Not in a `finally`: a process that failed must exit (the launcher then stops the others), not wait
+    # in close()'s barrier for processes that will never get there.
+    collective.close()
 
 
 if __name__ == "__main__":

@@ -2,6 +2,12 @@
 
 The backbone adapter hides the model; this module never branches on it. Methods differ only in the
 regulariser (none / kl / sa_reg) and in whether the creative reward joins the quality reward.
+
+Several processes (one per GPU, `accelerate launch`) share one iteration: each samples
+group_size / world_size images of every prompt; rewards and features are gathered so that the
+advantages and the creative reward see whole groups, in the order one process would hold them
+(`BatchLayout`); each process then trains on its own images and the LoRA gradients are averaged.
+With the default `SingleProcess` collective every step is what it was with one process.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import torch
 from . import regularizers
 from .backbones.base import Backbone
 from .creative import cosine_distances, exploration_bonus, mix
+from .distributed import Collective, SingleProcess
 from .grpo import clipped_loss, group_advantages
 from .sampling import Rollout, sample_rollout
 from .sde import sde_step
@@ -64,12 +71,50 @@ class TrainSettings:
 
 
 @dataclass
+class BatchLayout:
+    """Where each process's samples sit in the iteration's whole batch.
+
+    The whole batch is in single-process order: groups in prompt order, and inside a group rank 0's
+    images, then rank 1's, ... So when rank r holds images [r n / W, (r + 1) n / W) of each group of n,
+    the whole batch is exactly the batch one process would have sampled.
+    """
+
+    group_ids: torch.Tensor  # (B,) of the whole batch
+    order: torch.Tensor  # (B,) row of the rank-major gather that lands at each position of the whole batch
+    own: torch.Tensor  # (b,) position in the whole batch of each of this process's b samples
+
+    @classmethod
+    def of(cls, group_ids: torch.Tensor, collective: Collective) -> "BatchLayout":
+        """From this process's (b,) group ids; every process must hold the same b."""
+        gathered = collective.gather(group_ids)  # (W b,) rank-major
+        order = torch.argsort(gathered, stable=True)  # stable: inside a group, rank by rank
+        position = torch.empty_like(order)
+        position[order] = torch.arange(order.numel())  # inverse permutation: gathered row -> position
+        b = group_ids.shape[0]
+        return cls(gathered[order], order, position[collective.rank * b : (collective.rank + 1) * b])
+
+    def whole(self, local: torch.Tensor, collective: Collective) -> torch.Tensor:
+        """(B, ...) of the whole batch from this process's (b, ...) rows."""
+        gathered = collective.gather(local)
+        return gathered[self.order.to(gathered.device)]
+
+    def prompts(self, local_group_ids: torch.Tensor, local_prompts: list[str]) -> list[str]:
+        """The whole batch's prompts (every process samples every prompt of the iteration)."""
+        by_group = dict(zip(local_group_ids.tolist(), local_prompts))
+        return [by_group[g] for g in self.group_ids.tolist()]
+
+
+@dataclass
 class Scores:
+    """Of the whole batch (every process's images, in `layout` order)."""
+
     quality: torch.Tensor  # (B,) the reward model's score
     rewards: torch.Tensor  # (B,) what the advantages see: quality, or quality mixed with the bonus
     bonus: torch.Tensor | None  # (B,) exploration bonus E
     diversity: float  # mean pairwise distance inside a group, averaged over groups
     clusters: float  # mean clusters found per group (nan without the creative reward)
+    layout: BatchLayout
+    prompts: list[str]  # (B,)
 
 
 @dataclass
@@ -108,23 +153,34 @@ def mean_pairwise(d: torch.Tensor) -> float:
     return float(d.sum() / (n * (n - 1))) if n > 1 else 0.0
 
 
-def score(rollout: Rollout, reward: Reward, embedder: Embedder, creative: CreativeSettings | None) -> Scores:
-    """Quality per image, then (DiverseGRPO) the group-level exploration bonus mixed in."""
-    quality = reward(rollout.images, rollout.prompts).float().cpu()  # (B,)
-    check_finite("reward", quality, rollout.prompts)
-    distances = group_distances(embedder(rollout.images), rollout.group_ids)
+SINGLE_PROCESS = SingleProcess()
+
+
+def score(
+    rollout: Rollout, reward: Reward, embedder: Embedder, creative: CreativeSettings | None,
+    collective: Collective = SINGLE_PROCESS,
+) -> Scores:
+    """Quality per image, then (DiverseGRPO) the group-level exploration bonus mixed in.
+
+    Each process scores and embeds its own images; the quality and the features are gathered, so that
+    the bonus and the diversity are those of whole groups, the same on every process."""
+    layout = BatchLayout.of(rollout.group_ids, collective)
+    prompts = layout.prompts(rollout.group_ids, rollout.prompts)
+    quality = layout.whole(reward(rollout.images, rollout.prompts).float().cpu(), collective)  # (B,)
+    check_finite("reward", quality, prompts)  # on every process alike: all stop, none waits for the others
+    distances = group_distances(layout.whole(embedder(rollout.images), collective), layout.group_ids)
     diversity = float(np.mean([mean_pairwise(d) for d in distances]))
     if creative is None:
-        return Scores(quality, quality, None, diversity, float("nan"))
+        return Scores(quality, quality, None, diversity, float("nan"), layout, prompts)
     rewards, bonus, clusters = quality.clone(), torch.empty_like(quality), []
-    for g, d in zip(torch.unique(rollout.group_ids), distances):
-        members = rollout.group_ids == g
+    for g, d in zip(torch.unique(layout.group_ids), distances):
+        members = layout.group_ids == g
         out = exploration_bonus(d, k=creative.k, sigma=creative.sigma, knn=creative.knn, k_max=creative.k_max)
         bonus[members] = out.bonus
         rewards[members] = mix(quality[members], out.bonus, creative.beta, creative.mix)
         clusters.append(out.num_clusters)
-    check_finite("reward after the creative bonus", rewards, rollout.prompts)
-    return Scores(quality, rewards, bonus, diversity, float(np.mean(clusters)))
+    check_finite("reward after the creative bonus", rewards, prompts)
+    return Scores(quality, rewards, bonus, diversity, float(np.mean(clusters)), layout, prompts)
 
 
 def check_finite(what: str, values: torch.Tensor, prompts: list[str]) -> None:
@@ -142,9 +198,14 @@ def train_on_rollout(
     method: MethodSettings,
     settings: TrainSettings,
     generator: torch.Generator,
+    collective: Collective = SINGLE_PROCESS,
 ) -> StepStats:
     """Rescore the stored trajectories under the current policy: clipped loss + regulariser per step,
-    gradients accumulated over the trained steps of a minibatch, one optimizer step per minibatch."""
+    gradients accumulated over the trained steps of a minibatch, one optimizer step per minibatch.
+
+    `rollout` and `advantages` are this process's own samples. Every process holds as many, so each
+    makes the same number of minibatches of equal size: the average of their gradients is the gradient
+    of the mean loss over the union, which is the minibatch one process would have trained on."""
     batch = advantages.shape[0]
     order = torch.randperm(batch, generator=generator)
     totals, n = StepStats(), 0
@@ -180,6 +241,7 @@ def train_on_rollout(
             totals.clipfrac += policy.clipfrac.item()
             totals.approx_kl += policy.approx_kl.item()
             n += 1
+        average_gradients(backbone.lora_parameters(), collective)
         grad_norm = torch.nn.utils.clip_grad_norm_(backbone.lora_parameters(), settings.max_grad_norm)
         if not torch.isfinite(grad_norm):
             prompts = sorted({rollout.prompts[i] for i in minibatch.tolist()})
@@ -187,9 +249,26 @@ def train_on_rollout(
         totals.grad_norm += float(grad_norm) / settings.minibatches
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    for name in ("policy_loss", "regularizer", "clipfrac", "approx_kl"):
+    names = ("policy_loss", "regularizer", "clipfrac", "approx_kl")
+    if collective.world_size > 1:  # means over equal-sized shares: their average is the whole batch's
+        sums = torch.tensor([getattr(totals, name) for name in names], dtype=torch.float64)
+        collective.mean_([sums])
+        for name, value in zip(names, sums.tolist()):
+            setattr(totals, name, value)
+    for name in names:
         setattr(totals, name, getattr(totals, name) / n)
     return totals
+
+
+def average_gradients(parameters: list[torch.nn.Parameter], collective: Collective) -> None:
+    """Replace each parameter's gradient by its mean over the processes (before clipping, so that the
+    norm, the clipping and the optimizer step are the same everywhere). Nothing to do for one process."""
+    if collective.world_size == 1:
+        return
+    for p in parameters:
+        if p.grad is None:  # every process must contribute the same buffer
+            p.grad = torch.zeros_like(p)
+    collective.mean_([p.grad for p in parameters])
 
 
 def grpo_iteration(
@@ -202,22 +281,29 @@ def grpo_iteration(
     settings: TrainSettings,
     generator: torch.Generator,
     rollout_statistics: Callable[[torch.Tensor, list[str]], dict] | None = None,
+    collective: Collective = SINGLE_PROCESS,
 ) -> IterationLog:
     """sample -> score -> advantages -> train; returns the iteration's log.
 
     `rollout_statistics(images, prompts)` adds world-specific numbers to the log (the toy world's
-    ground-truth modes), computed on the rollout before the update."""
+    ground-truth modes), computed on the rollout before the update. With several processes each samples
+    group_size / world_size images of every prompt with its own `generator`; the log describes the
+    whole batch, the same on every process."""
+    local_group = per_process_group_size(settings.group_size, collective.world_size)
     clock = _Clock()
     rollout = sample_rollout(
-        backbone, prompts, settings.group_size, settings.train_steps, settings.guidance_scale,
+        backbone, prompts, local_group, settings.train_steps, settings.guidance_scale,
         settings.noise_level, generator, settings.sde_type,
     )
     clock.lap("sample")
-    scores = score(rollout, reward, embedder, method.creative)
-    advantages = group_advantages(scores.rewards, rollout.group_ids, settings.global_std, settings.adv_clip)
-    extra = rollout_statistics(rollout.images, rollout.prompts) if rollout_statistics else {}
+    scores = score(rollout, reward, embedder, method.creative, collective)
+    advantages = group_advantages(scores.rewards, scores.layout.group_ids, settings.global_std, settings.adv_clip)
+    extra = {}
+    if rollout_statistics:  # the images travel only for these statistics (the toy world's small ones)
+        extra = rollout_statistics(scores.layout.whole(rollout.images, collective), scores.prompts)
     clock.lap("score")
-    stats = train_on_rollout(backbone, optimizer, rollout, advantages, method, settings, generator)
+    own = advantages[scores.layout.own]  # (b,) this process's samples, in its rollout's order
+    stats = train_on_rollout(backbone, optimizer, rollout, own, method, settings, generator, collective)
     clock.lap("train")
     return IterationLog(
         reward_mean=float(scores.quality.mean()),
@@ -229,6 +315,17 @@ def grpo_iteration(
         seconds=clock.laps,
         extra=extra,
     )
+
+
+def per_process_group_size(group_size: int, world_size: int) -> int:
+    """Images of each prompt one process samples; an error, before any work, when they cannot be equal."""
+    if group_size % world_size:
+        raise ValueError(
+            f"group_size {group_size} is not divisible by the {world_size} training processes: each process "
+            f"samples group_size / processes images of every prompt (choose train.processes among the divisors "
+            f"of {group_size})"
+        )
+    return group_size // world_size
 
 
 class _Clock:
