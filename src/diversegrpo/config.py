@@ -118,6 +118,7 @@ def semantic_errors(config: dict, root: Path = Path(".")) -> list[str]:
         if merged.get("minibatches", 1) > batch:
             errors.append(f"{where}.minibatches: {merged['minibatches']} exceeds the {batch} samples of an iteration "
                           f"(prompts_per_iteration x group_size); allowed: 1..{batch}")
+        errors.extend(_process_errors(merged, where))
         if counts and merged["prompts_per_iteration"] > counts[0]:
             errors.append(f"{where}.prompts_per_iteration: {merged['prompts_per_iteration']} exceeds the {counts[0]} training "
                           f"prompts of captions.source {config['captions']['source']!r}; allowed: 1..{counts[0]}")
@@ -149,6 +150,23 @@ def semantic_errors(config: dict, root: Path = Path(".")) -> list[str]:
         errors.append(f"report.grid_prompts: {report['grid_prompts']} exceeds the {shown} sampled evaluation prompts "
                       f"(sample.max_prompts / held-out prompts); allowed: 1..{shown}")
     return list(dict.fromkeys(errors))  # one message per problem, not one per method sharing it
+
+
+def _process_errors(train: dict, where: str) -> list[str]:
+    """A run on several processes splits every prompt group evenly: each samples group_size / processes
+    images of every prompt and trains on its share in as many minibatches as the others."""
+    processes, group = train.get("processes", 1), train["group_size"]
+    if processes == 1:
+        return []
+    if group % processes:
+        divisors = [d for d in range(1, group + 1) if group % d == 0]
+        return [f"{where}.processes: group_size {group} is not divisible by {processes} processes (each samples "
+                f"group_size / processes images of every prompt); allowed: {divisors}"]
+    share = train["prompts_per_iteration"] * group // processes
+    if train.get("minibatches", 1) > share:
+        return [f"{where}.minibatches: {train['minibatches']} exceeds the {share} samples each of the {processes} "
+                f"processes trains on (prompts_per_iteration x group_size / processes); allowed: 1..{share}"]
+    return []
 
 
 def _caption_counts(config: dict, root: Path, errors: list[str]) -> tuple[int, int] | None:
@@ -219,6 +237,9 @@ def run_spec(config: dict, backbone: str, reward: str, method: str, backbone_dir
         "timestep_fraction", "minibatches", "max_grad_norm") if k in train}
     settings.update({k: b[k] for k in ("train_steps", "guidance_scale", "noise_level") if k in b})
     settings["sde_type"] = b.get("sde_type", "sde")
+    # Several processes change the run's random streams, hence its results: they join the spec. One process,
+    # the default, stays out of it, so that the key's arrival left every existing run's config.json as it was.
+    processes = {"processes": train["processes"]} if train.get("processes", 1) != 1 else {}
     return {
         "backbone": spec_backbone,
         "reward": config["rewards"][reward],
@@ -234,4 +255,5 @@ def run_spec(config: dict, backbone: str, reward: str, method: str, backbone_dir
         "seed": config["seed"],
         "device": config["device"],
         "torch_threads": config["torch_threads"],
+        **processes,
     }

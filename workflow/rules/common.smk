@@ -18,8 +18,7 @@ onstart:
 
 
 RESULTS = "results"
-# The interpreter running Snakemake (the project's venv), whatever PATH says; on a cluster, replace it
-# with e.g. "accelerate launch" through the train rule's shell line.
+# The interpreter running Snakemake (the project's venv), whatever PATH says.
 PYTHON = sys.executable
 RUNS = cfg.run_matrix(config)
 TOY = {b for b in config["runs"]["backbones"] if config["backbones"][b]["kind"] == "toy"}
@@ -64,3 +63,31 @@ def run_path(b, r, m):
 
 def all_targets(wildcards=None):
     return [f"{RESULTS}/report/table.md", f"{RESULTS}/report/summary.json"]
+
+
+def train_processes(method):
+    """train.processes of a run (a method may override it): the processes that train it together."""
+    return cfg.method_train(config, method).get("processes", 1)
+
+
+class TrainLauncher:
+    """What starts `-m diversegrpo.train` for a run of `processes` processes: the interpreter itself for
+    one, `accelerate launch` for several. `--multi_gpu` selects accelerate's torchrun launcher, the one
+    that starts N local processes (`--cpu` would start one); on a CPU-only run the processes then talk
+    over gloo (diversegrpo.distributed). `--main_process_port 0`: a free port, so that runs sharing a
+    node do not collide. The other flags are accelerate's defaults, spelled out to silence its warning.
+
+    A param of no builtin type on purpose: Snakemake does not record it, so how a run is started never
+    reruns it, as `{PYTHON}` never did; the process count, which changes the results, reaches the run's
+    config.json (diversegrpo.config.run_spec), and that reruns it."""
+
+    def __init__(self, processes):
+        self.processes = processes
+
+    def __str__(self):
+        if self.processes == 1:
+            return PYTHON
+        return (
+            f"{PYTHON} -m accelerate.commands.launch --multi_gpu --num_processes {self.processes} "
+            "--num_machines 1 --mixed_precision no --dynamo_backend no --main_process_port 0"
+        )

@@ -14,7 +14,8 @@ rule run_config:
         "../../scripts/run_config.py"
 
 
-# Through shell, so that `accelerate launch -m diversegrpo.train` can replace `python -m` on clusters.
+# Through shell: `python -m diversegrpo.train` for one process, `accelerate launch ... -m
+# diversegrpo.train` when train.processes > 1 (TrainLauncher in common.smk).
 rule train:
     input:
         config=rules.run_config.output[0],
@@ -26,9 +27,10 @@ rule train:
         curve=f"{RESULTS}/runs/{{backbone}}/{{reward}}/{{method}}/curve.parquet",
     params:
         out=lambda w: run_path(w.backbone, w.reward, w.method),
+        launch=lambda w: TrainLauncher(train_processes(w.method)),
     log:
         "logs/train/{backbone}/{reward}/{method}.log",
     benchmark:
         "benchmarks/stages/train/{backbone}/{reward}/{method}.tsv"
     shell:
-        "{PYTHON} -m diversegrpo.train --run-config {input.config} --out {params.out} > {log} 2>&1"
+        "{params.launch} -m diversegrpo.train --run-config {input.config} --out {params.out} > {log} 2>&1"
