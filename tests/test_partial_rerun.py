@@ -96,3 +96,15 @@ def test_a_method_outside_the_run_matrix_reruns_nothing(full_run):
     extra = ["beta.yaml"] if (work / "beta.yaml").exists() else []
     out = snakemake(work, "-n", overlays=[*extra, "unused.yaml"])
     assert jobs_in_log(out) == collections.Counter(), "sa_reg is not in the run matrix: nothing may rerun"
+
+
+def test_a_rollout_setting_retrains_without_pre_training_the_backbone_again(full_run):
+    """noise_level / sde_type live in the backbone's block but only GRPO reads them: the pre-trained
+    model (minutes of the default DAG) must survive a change of them."""
+    work, _ = full_run
+    (work / "noise.yaml").write_text(yaml.safe_dump({"backbones": {"toy": {"noise_level": 0.3, "sde_type": "sde"}}}))
+    extra = ["beta.yaml"] if (work / "beta.yaml").exists() else []
+    planned = jobs_in_log(snakemake(work, "-n", overlays=[*extra, "noise.yaml"]))
+    assert not any(rule == "backbone" for rule, _ in planned), dict(planned)
+    for method in MATRIX["runs"]["methods"]:
+        assert all(planned[("train", run)] == 1 for run in runs_of(method)), dict(planned)

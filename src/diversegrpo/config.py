@@ -224,6 +224,13 @@ def run_matrix(config: dict) -> list[tuple[str, str, str]]:
     return [(b, w, m) for b in r["backbones"] for w in r["rewards"] for m in r["methods"]]
 
 
+def pretrain_spec(config: dict, backbone: str) -> dict:
+    """What the toy backbone stage depends on: the model and its coverage report's sampler, not the GRPO
+    rollout settings (a new noise level must not re-pre-train the model)."""
+    b = config["backbones"][backbone]
+    return {k: b[k] for k in ("kind", "model", "eval_steps", "guidance_scale") if k in b}
+
+
 def run_spec(config: dict, backbone: str, reward: str, method: str, backbone_dir: str | None) -> dict:
     """What one run needs except the prompts (added by the run_config stage): the params that, when
     changed, rerun exactly this run and what depends on it."""

@@ -7,7 +7,7 @@ rule backbone:
         weights=f"{RESULTS}/backbones/{{backbone}}/model.safetensors",
         coverage=f"{RESULTS}/backbones/{{backbone}}/coverage.parquet",
     params:
-        spec=lambda w: config["backbones"][w.backbone],
+        spec=lambda w: cfg.pretrain_spec(config, w.backbone),
         seed=config["seed"],
         out=lambda w: f"{RESULTS}/backbones/{w.backbone}",
     threads: workflow.cores
