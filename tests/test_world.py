@@ -45,6 +45,18 @@ def test_rewards_prefer_faithful_images_and_have_a_mild_mode_taste():
     assert (ContrastReward()(noisy, ["a red disc"] * 4) < contrast - 0.1).all()
 
 
+def test_rewards_ask_for_the_captions_shape_and_saturate_on_correct_renders():
+    images = torch.stack([torch.from_numpy(world.render("red", shape, 1)) for shape in world.SHAPES])
+    for reward in (ColourReward(taste=0.0), ContrastReward(taste=0.0)):
+        right = reward(images, [f"a red {shape}" for shape in world.SHAPES])
+        torch.testing.assert_close(right, torch.ones(4))  # every correct render is "good enough"
+        wrong = reward(images, [f"a red {world.SHAPES[(i + 1) % 4]}" for i in range(4)])
+        assert (wrong < right - 0.3).all(), (type(reward).__name__, wrong)
+    blob = torch.full((1, 3, world.IMAGE_SIZE, world.IMAGE_SIZE), world.BACKGROUND)
+    blob[:, :, 1:9, 1:9] = torch.tensor(world.COLOURS["red"])[:, None, None]  # an 8 x 8 red smear
+    assert ColourReward(taste=0.0)(blob, ["a red cross"]) < 0.5  # right colour, wrong shape
+
+
 def test_features_separate_modes_far_more_than_jitter():
     a = torch.from_numpy(world.render("green", "square", 0))
     a_jittered = torch.from_numpy(world.render("green", "square", 0, offset=(-1, -1)))

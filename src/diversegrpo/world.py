@@ -29,7 +29,7 @@ RADIUS = 3  # shapes fill a 7 x 7 box
 _CENTRES = {"top-left": (4, 4), "top-right": (4, 12), "bottom-left": (12, 4), "bottom-right": (12, 12)}
 JITTER = (-1, 0)
 _FOREGROUND_THRESHOLD = 0.25  # colour distance from the background
-_MIN_AREA = 8  # pixels; less is "no object"
+MIN_AREA = 8  # pixels; less is "no object"
 
 
 def _template(shape: str) -> np.ndarray:
@@ -117,7 +117,7 @@ def label(images: torch.Tensor, prompts: list[str]) -> Labels:
     mode, colour_ok, shape_ok = np.full(n, -1), np.zeros(n, bool), np.zeros(n, bool)
     centroid = np.full((n, 2), IMAGE_SIZE / 2 - 0.5)
     for i, (prompt, mask) in enumerate(zip(prompts, masks)):
-        if mask.sum() < _MIN_AREA:
+        if mask.sum() < MIN_AREA:
             continue
         colour, shape = parse(prompt)
         ys, xs = np.nonzero(mask)
@@ -130,13 +130,19 @@ def label(images: torch.Tensor, prompts: list[str]) -> Labels:
     return Labels(mode=mode, colour_ok=colour_ok, shape_ok=shape_ok, centroid=centroid)
 
 
-def _best_shape(mask: np.ndarray, cy: int, cx: int) -> str:
-    """The template with the highest IoU against the mask, centred on the mask's centroid."""
+def shape_ious(mask: np.ndarray, cy: int, cx: int) -> dict[str, float]:
+    """IoU of a (H, W) foreground mask with each shape's template centred at (cy, cx); foreground
+    outside the template's box counts against every shape."""
     padded = np.pad(mask, RADIUS + 1)
     cy, cx = cy + RADIUS + 1, cx + RADIUS + 1
     window = padded[cy - RADIUS : cy + RADIUS + 1, cx - RADIUS : cx + RADIUS + 1]
-    outside = mask.sum() - window.sum()  # foreground outside the box counts against every shape
-    ious = {s: (window & t).sum() / ((window | t).sum() + outside) for s, t in TEMPLATES.items()}
+    outside = mask.sum() - window.sum()
+    return {s: float((window & t).sum() / ((window | t).sum() + outside)) for s, t in TEMPLATES.items()}
+
+
+def _best_shape(mask: np.ndarray, cy: int, cx: int) -> str:
+    """The template with the highest IoU against the mask, centred on the mask's centroid."""
+    ious = shape_ious(mask, cy, cx)
     return max(ious, key=ious.get)
 
 

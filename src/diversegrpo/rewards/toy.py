@@ -1,6 +1,7 @@
 """Two weight-free rewards for the toy world, computed honestly from the pixels.
 
-Each scores a quality the caption asks for, saturating once the image is good enough (as preference
+Each scores a quality the caption asks for, times the caption's shape (prompt alignment), saturating
+once the image is good enough, i.e. at what most of the base model's correct renders reach (as preference
 models barely separate two good images: PickScore varies by ~0.01 inside a group), plus a mild
 compositional taste (5% of the score), as real preference models have (PickScore and HPS favour certain
 framings). Among good images only the taste differs, and group-normalised advantages turn it into a
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from .. import world
@@ -34,6 +36,23 @@ def _foreground_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
     total = weight.sum(dim=(1, 2)).clamp_min(1e-6)
     centroid = torch.stack([(weight * ys).sum(dim=(1, 2)) / total, (weight * xs).sum(dim=(1, 2)) / total], dim=1)
     return weight, centroid, area
+
+
+def _shape_alignment(images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+    """(B,) in [0, 1]: how much better the foreground matches the caption's shape than any other shape
+    (IoU margin of the templates centred on the object), 1 from a margin of 0.05 (95% of the base
+    model's correct renders), 0 below -0.1. Preference models score prompt alignment; without this
+    term the colour reward paid as much for a red blob as for a red cross, and Flow-GRPO learnt to smear
+    the shapes (a third of its samples lost their shape in 70 iterations)."""
+    masks = world.foreground(images).numpy()  # (B, H, W)
+    margins = np.full(len(prompts), -1.0)
+    for i, (mask, prompt) in enumerate(zip(masks, prompts)):
+        if mask.sum() >= world.MIN_AREA:
+            ys, xs = np.nonzero(mask)
+            ious = world.shape_ious(mask, int(round(ys.mean())), int(round(xs.mean())))
+            shape = world.parse(prompt)[1]
+            margins[i] = ious.pop(shape) - max(ious.values())
+    return _saturate(torch.from_numpy(margins).float(), -0.1, 0.05)
 
 
 def _composition(centroid: torch.Tensor, preferred: tuple[float, float]) -> torch.Tensor:
@@ -64,13 +83,14 @@ class _ToyReward:
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         images = images.detach().float().cpu().clamp(0, 1)
         weight, centroid, area = _foreground_stats(images)
-        quality = self.quality(images, weight, area, prompts)
+        quality = self.quality(images, weight, area, prompts) * _shape_alignment(images, prompts)
         return (1 - self.taste) * quality + self.taste * _composition(centroid, self.preferred)
 
 
 class ColourReward(_ToyReward):
     """Colour fidelity: how close the foreground's pixels are to the caption's colour (saturating at
-    0.9 of a perfect match), times how much foreground there is relative to the smallest shape.
+    0.75 of a perfect match, which 90% of the base model's valid renders reach; its invalid ones have a
+    median of 0.58), times how much foreground there is relative to the smallest shape.
     Taste: objects towards the top-left."""
 
     preferred = (0.25, 0.25)
@@ -79,12 +99,13 @@ class ColourReward(_ToyReward):
         error = (images - _target_colours(prompts)[:, :, None, None]).norm(dim=1) / math.sqrt(3)  # (B, H, W)
         fidelity = 1 - (weight * error).sum(dim=(1, 2)) / weight.sum(dim=(1, 2)).clamp_min(1e-6)
         presence = (area / _FULL_SHAPE_AREA).clamp(max=1)
-        return _saturate(fidelity, 0.5, 0.9) * presence
+        return _saturate(fidelity, 0.5, 0.75) * presence
 
 
 class ContrastReward(_ToyReward):
     """Figure-ground contrast: foreground luminance above a dark, clean background, relative to what
-    the caption's colour allows, penalising grey in-between pixels (blur); saturates at 0.8 of ideal.
+    the caption's colour allows, penalising grey in-between pixels (blur); saturates at 0.4 of ideal
+    (reached by 85% of the base model's valid renders, by a quarter of its invalid ones).
     Taste: objects towards the bottom-right."""
 
     preferred = (0.75, 0.75)
@@ -96,7 +117,7 @@ class ContrastReward(_ToyReward):
         blur = (4 * weight * (1 - weight)).mean(dim=(1, 2))  # (B,) share of undecided pixels
         ideal = _target_colours(prompts).mean(dim=1) - world.BACKGROUND  # (B,) a perfect render's contrast
         contrast = (fg - bg).clamp(min=0) / ideal - 2 * blur
-        return _saturate(contrast, 0.2, 0.8)
+        return _saturate(contrast, 0.0, 0.4)
 
 
 _FULL_SHAPE_AREA = float(min(t.sum() for t in world.TEMPLATES.values())) / world.IMAGE_SIZE**2
