@@ -34,21 +34,22 @@ def per_prompt(
             row["ssim_diversity"] = metrics.ssim_diversity(images[idx])
         row.update({f"reward_{name}": float(values[idx].mean()) for name, values in rewards.items()})
         if labels is not None:
-            row["valid_share"] = float(labels.valid[members].mean())
-            row.update(metrics.mode_statistics(labels.mode[members], labels.valid[members], len(world.MODES)))
+            row.update(_ground_truth(labels, members))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _ground_truth(labels: world.Labels, members: np.ndarray) -> dict[str, float]:
+    """Toy world, one prompt's images: valid share, mode coverage and mode entropy."""
+    return {"valid_share": float(labels.valid[members].mean()),
+            **metrics.mode_statistics(labels.mode[members], labels.valid[members], len(world.MODES))}
 
 
 def world_statistics(images: torch.Tensor, prompts: list[str]) -> dict[str, float]:
     """Toy world: ground-truth valid share, mode coverage and mode entropy, averaged over prompts."""
     labels = world.label(images, prompts)
     prompts_arr = np.asarray(prompts)
-    rows = []
-    for prompt in dict.fromkeys(prompts):
-        m = prompts_arr == prompt
-        rows.append({"valid_share": float(labels.valid[m].mean()),
-                     **metrics.mode_statistics(labels.mode[m], labels.valid[m], len(world.MODES))})
+    rows = [_ground_truth(labels, prompts_arr == prompt) for prompt in dict.fromkeys(prompts)]
     return pd.DataFrame(rows).mean().to_dict()
 
 
