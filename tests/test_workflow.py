@@ -71,11 +71,14 @@ def test_metrics_and_report(tiny_run):
     overall = metrics[metrics.scope == "overall"].set_index("metric").value
     for name in ("diversity", "ssim_diversity", "fd_base", "irs_base", "fd_world", "mode_entropy", "mode_coverage", "reward_colour"):
         assert name in overall.index
+    errors = metrics[metrics.scope == "overall_se"].set_index("metric").value
+    assert {"diversity", "mode_entropy", "valid_share", "reward_colour"} <= set(errors.index) and (errors >= 0).all()
     base = pd.read_parquet(tiny_run / "results/metrics/toy/base.parquet")
     base_overall = base[base.scope == "overall"].set_index("metric").value
     assert abs(base_overall["fd_base"]) < 1e-6 and base_overall["irs_base"] > 0
     table = (tiny_run / "results/report/table.md").read_text()
     assert all(m in table for m in ("base", "flow_grpo", "sa_reg", "diverse_grpo"))
+    assert f"{overall['diversity']:.4f} ± {errors['diversity']:.4f}" in table
     summary = json.loads((tiny_run / "results/report/summary.json").read_text())
     assert summary["toy/colour/diverse_grpo/diversity"] == pytest.approx(overall["diversity"], abs=1e-6)
     for name in ("pareto.png", "curves.png", "grids/toy_colour.png", "grids/toy_contrast.png", "table.tex", "pareto.csv"):

@@ -24,9 +24,10 @@ COLUMNS = [
 ]
 
 
-def overall_table(metrics: pd.DataFrame) -> pd.DataFrame:
-    """One row per (backbone, reward, method) with one column per overall metric."""
-    overall = metrics[metrics.scope == "overall"]
+def overall_table(metrics: pd.DataFrame, scope: str = "overall") -> pd.DataFrame:
+    """One row per (backbone, reward, method) with one column per overall metric (scope "overall"), or
+    per standard error of one (scope "overall_se")."""
+    overall = metrics[metrics.scope == scope]
     return overall.pivot_table(index=["backbone", "reward", "method"], columns="metric", values="value").reset_index()
 
 
@@ -42,25 +43,39 @@ def paper_table(table: pd.DataFrame, rewards: list[str]) -> pd.DataFrame:
     return out[["backbone", "reward", "method", *columns]]
 
 
-def to_markdown(table: pd.DataFrame) -> str:
+def to_markdown(table: pd.DataFrame, errors: pd.DataFrame | None = None) -> str:
+    """Table 1 in Markdown; with `errors` (the same table of standard errors) a cell reads "value ± error"."""
     headers = {c: h for c, h, _ in COLUMNS} | {c: c.removeprefix("reward_") + "↑" for c in table if c.startswith("reward_")}
     cols = list(table.columns)
     lines = ["| " + " | ".join(headers.get(c, c) for c in cols) + " |", "|" + "---|" * len(cols)]
-    for row in table.itertuples(index=False):
-        lines.append("| " + " | ".join(_fmt(v) for v in row) + " |")
+    lines += ["| " + " | ".join(cells) + " |" for cells in _cells(table, errors, "±")]
     return "\n".join(lines) + "\n"
 
 
-def to_latex(table: pd.DataFrame) -> str:
+def to_latex(table: pd.DataFrame, errors: pd.DataFrame | None = None) -> str:
     headers = {c: h.replace("↑", r"$\uparrow$").replace("↓", r"$\downarrow$") for c, h, _ in COLUMNS}
     cols = list(table.columns)
     head = " & ".join(headers.get(c, c.replace("_", r"\_")) for c in cols)
-    body = [" & ".join(_fmt(v).replace("_", r"\_") for v in row) + r" \\" for row in table.itertuples(index=False)]
+    body = [" & ".join(c.replace("_", r"\_") for c in cells) + r" \\" for cells in _cells(table, errors, r"$\pm$")]
     return "\n".join([r"\begin{tabular}{" + "l" * 3 + "r" * (len(cols) - 3) + "}", r"\toprule", head + r" \\", r"\midrule", *body, r"\bottomrule", r"\end{tabular}"]) + "\n"
 
 
-def _fmt(v) -> str:
-    return f"{v:.4f}" if isinstance(v, float) else str(v)
+def _cells(table: pd.DataFrame, errors: pd.DataFrame | None, pm: str) -> list[list[str]]:
+    """Formatted rows; a metric with a standard error in `errors` (matched by backbone, reward, method)
+    gets it appended."""
+    keys = ["backbone", "reward", "method"]
+    lookup = {} if errors is None else errors.set_index(keys).to_dict("index")
+    rows = []
+    for row in table.to_dict("records"):
+        error = lookup.get(tuple(row[k] for k in keys), {})
+        rows.append([_fmt(v, error.get(c), pm) for c, v in row.items()])
+    return rows
+
+
+def _fmt(v, error: float | None = None, pm: str = "±") -> str:
+    if not isinstance(v, float):
+        return str(v)
+    return f"{v:.4f} {pm} {error:.4f}" if error is not None and pd.notna(error) else f"{v:.4f}"
 
 
 def summary(table: pd.DataFrame) -> dict:

@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from . import __version__, distributed, trainer
+from . import __version__, distributed, trainer, world
 from .backbones.base import Backbone, LoraSpec
 from .evaluation import per_prompt, score_rewards, world_statistics
 from .io import load_state, remove_stale_temps, save_state, write_parquet
@@ -206,7 +206,8 @@ class Run:
         prompts = [p for p in cfg.eval_prompts for _ in range(n)]
         images = sample_images(self.backbone, prompts, cfg.backbone["eval_steps"], cfg.train.guidance_scale, seed=cfg.seed)
         rewards = score_rewards(images, prompts, {"reward": self.reward})
-        table = per_prompt(images, prompts, self.embedder(images), rewards, toy_world=cfg.backbone["kind"] == "toy", with_ssim=False)
+        labels = world.label(images, prompts) if cfg.backbone["kind"] == "toy" else None
+        table = per_prompt(images, prompts, self.embedder(images), rewards, labels, with_ssim=False)
         return {"iteration": self.iteration, **table.drop(columns=["prompt", "n_images"]).mean().to_dict()}
 
     def step(self) -> None:

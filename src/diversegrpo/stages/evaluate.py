@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 
 from .. import metrics, world
-from ..evaluation import per_prompt
+from ..evaluation import bootstrap_standard_errors, per_prompt
 from ..io import png_tensor, write_parquet
 from ..registry import build_features
 
@@ -31,8 +31,11 @@ def evaluate_stage(samples: str, base_samples: str, features_spec: dict, toy_wor
         base = pd.read_parquet(base_samples)
         base_emb = embed(load_images(base))
     rewards = {c.removeprefix("reward_"): torch.tensor(run[c].to_numpy()) for c in run.columns if c.startswith("reward_")}
-    table = per_prompt(images, run.prompt.tolist(), emb, rewards, toy_world)
+    prompts = run.prompt.tolist()
+    modes = world.label(images, prompts) if toy_world else None  # ground truth of the toy world
+    table = per_prompt(images, prompts, emb, rewards, modes)
     overall = table.drop(columns=["prompt", "n_images"]).mean().to_dict()
+    errors = bootstrap_standard_errors(prompts, emb, rewards, modes)
     overall["fd_base"] = metrics.frechet_distance(emb.numpy(), base_emb.numpy())
     overall["irs_base"] = _irs_per_prompt(run, base, emb.numpy(), base_emb.numpy())
     if toy_world:
@@ -43,6 +46,7 @@ def evaluate_stage(samples: str, base_samples: str, features_spec: dict, toy_wor
         for row in table.to_dict("records") for k, v in row.items() if k not in ("prompt",)
     ]
     long += [{**labels, "scope": "overall", "prompt": "", "metric": k, "value": float(v)} for k, v in overall.items()]
+    long += [{**labels, "scope": "overall_se", "prompt": "", "metric": k, "value": v} for k, v in errors.items()]
     write_parquet(pd.DataFrame(long), out)
 
 

@@ -23,8 +23,11 @@ def report_stage(
     metrics = pd.concat([pd.read_parquet(f) for f in metrics_files], ignore_index=True)
     rewards = sorted({r for _, r, _ in runs})
     table = report.paper_table(report.overall_table(metrics), rewards)
-    write_text(report.to_markdown(table), outputs["table_md"])
-    write_text(report.to_latex(table), outputs["table_tex"])
+    errors = None
+    if (metrics.scope == "overall_se").any():  # metrics evaluated before standard errors existed have none
+        errors = report.paper_table(report.overall_table(metrics, "overall_se"), rewards)
+    write_text(report.to_markdown(table, errors), outputs["table_md"])
+    write_text(report.to_latex(table, errors), outputs["table_tex"])
     write_json(report.summary(table), outputs["summary"])
 
     curves = {run: pd.read_parquet(Path(d) / "curve.parquet") for run, d in zip(runs, run_dirs)}

@@ -1,0 +1,60 @@
+"""Evaluation tables: bootstrap standard errors (exact zeros, a binomial's known error) and Table 1's
+"value ± error" cells in Markdown and LaTeX."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from diversegrpo import report, world
+from diversegrpo.evaluation import bootstrap_standard_errors, per_prompt
+
+
+def test_standard_errors_vanish_when_every_image_of_a_prompt_is_the_same():
+    prompts = ["a"] * 6 + ["b"] * 6
+    embeddings = torch.cat([torch.tensor([[1.0, 0.0]]).repeat(6, 1), torch.tensor([[0.0, 1.0]]).repeat(6, 1)])
+    rewards = {"r": torch.tensor([0.3] * 6 + [0.9] * 6)}
+    errors = bootstrap_standard_errors(prompts, embeddings, rewards, labels=None)
+    assert set(errors) == {"diversity", "reward_r"}
+    assert errors["diversity"] == pytest.approx(0.0, abs=1e-12)
+    assert errors["reward_r"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_standard_error_of_a_mean_reward_matches_the_binomial_formula():
+    n, p = 400, 0.3
+    values = torch.zeros(n)
+    values[: int(n * p)] = 1.0  # exactly 30% ones: the bootstrap's truth is p (1 - p) / n
+    embeddings = torch.randn(n, 4, generator=torch.Generator().manual_seed(0))
+    errors = bootstrap_standard_errors(["a"] * n, embeddings, {"r": values}, labels=None, resamples=2000)
+    assert errors["reward_r"] == pytest.approx(math.sqrt(p * (1 - p) / n), rel=0.08)
+    assert errors["diversity"] > 0
+
+
+def test_standard_errors_cover_the_toy_ground_truth_and_repeat_exactly():
+    prompts = [c["prompt"] for c in world.captions()[:2] for _ in range(8)]
+    images, _ = world.sample_images(prompts, np.random.default_rng(0))
+    labels = world.label(images, prompts)
+    embeddings = torch.randn(len(prompts), 8, generator=torch.Generator().manual_seed(1))
+    first = bootstrap_standard_errors(prompts, embeddings, {}, labels, resamples=50, seed=3)
+    assert set(first) == {"diversity", "valid_share", "mode_coverage", "mode_entropy"}
+    assert first == bootstrap_standard_errors(prompts, embeddings, {}, labels, resamples=50, seed=3)
+    assert first["mode_entropy"] > 0  # 8 world samples over 4 equally likely modes: resamples differ
+    table = per_prompt(images, prompts, embeddings, {}, labels, with_ssim=False)
+    assert table.valid_share.tolist() == [1.0, 1.0]  # the world's own samples are all valid
+
+
+def _table(values: dict[str, list[float]]) -> pd.DataFrame:
+    keys = {"backbone": ["toy", "toy"], "reward": ["colour", "colour"], "method": ["base", "flow_grpo"]}
+    return pd.DataFrame({**keys, **values})
+
+
+def test_table_cells_carry_their_standard_error_where_one_exists():
+    table = _table({"diversity": [1.0, 0.5], "fd_base": [0.0, 0.25]})
+    errors = _table({"diversity": [0.02, 0.125]}).iloc[::-1]  # matched by key, not by position
+    markdown = report.to_markdown(table, errors)
+    assert "| toy | colour | flow_grpo | 0.5000 ± 0.1250 | 0.2500 |" in markdown
+    assert "| toy | colour | base | 1.0000 ± 0.0200 | 0.0000 |" in markdown
+    assert r"0.5000 $\pm$ 0.1250 & 0.2500 \\" in report.to_latex(table, errors)
+    assert "±" not in report.to_markdown(table)
