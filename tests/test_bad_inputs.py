@@ -98,6 +98,9 @@ def test_shipped_configs_are_valid():
     C.validate(BASE, root=ROOT)
     C.validate(C.deep_merge(BASE, C.load(ROOT / "config/tiny.yaml")), root=ROOT)
     C.validate(C.load(ROOT / "config/paper.yaml"), root=ROOT)  # with its shipped stand-in prompt file
+    oracle = C.deep_merge(BASE, C.load(ROOT / "config/oracle.yaml"))
+    C.validate(oracle, root=ROOT)
+    assert oracle["rewards"]["oracle"]["kind"] == "toy_oracle" and "colour" in oracle["rewards"]  # merged, not replaced
 
 
 def test_paper_config_is_valid_with_its_prompt_file(tmp_path):

@@ -7,7 +7,7 @@ import torch
 from diversegrpo import world
 from diversegrpo.creative import cosine_distances
 from diversegrpo.features.toy import PooledPixels
-from diversegrpo.rewards.toy import ColourReward, ContrastReward
+from diversegrpo.rewards.toy import ColourReward, ContrastReward, OracleReward
 
 
 def test_labeller_recovers_every_rendered_mode_colour_and_shape():
@@ -55,6 +55,16 @@ def test_rewards_ask_for_the_captions_shape_and_saturate_on_correct_renders():
     blob = torch.full((1, 3, world.IMAGE_SIZE, world.IMAGE_SIZE), world.BACKGROUND)
     blob[:, :, 1:9, 1:9] = torch.tensor(world.COLOURS["red"])[:, None, None]  # an 8 x 8 red smear
     assert ColourReward(taste=0.0)(blob, ["a red cross"]) < 0.5  # right colour, wrong shape
+
+
+def test_oracle_reward_is_the_labellers_verdict_plus_the_taste():
+    images = torch.stack([torch.from_numpy(world.render("red", "disc", m)) for m in range(4)])
+    torch.testing.assert_close(OracleReward(taste=0.0)(images, ["a red disc"] * 4), torch.ones(4))
+    tasted = OracleReward()(images, ["a red disc"] * 4)
+    assert tasted.argmax() == 0 and (tasted >= 0.95).all() and (tasted < 1).any()  # top-left preferred
+    empty = torch.full((1, 3, world.IMAGE_SIZE, world.IMAGE_SIZE), world.BACKGROUND)
+    wrong = OracleReward()(torch.cat([images[:2], empty]), ["a blue disc", "a red cross", "a red disc"])
+    torch.testing.assert_close(wrong, torch.zeros(3))  # wrong colour, wrong shape, nothing: no credit
 
 
 def test_features_separate_modes_far_more_than_jitter():

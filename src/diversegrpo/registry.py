@@ -13,6 +13,7 @@ BACKBONES = {
 REWARDS = {
     "toy_colour": "diversegrpo.rewards.toy:ColourReward",
     "toy_contrast": "diversegrpo.rewards.toy:ContrastReward",
+    "toy_oracle": "diversegrpo.rewards.toy:OracleReward",
     "pickscore": "diversegrpo.rewards.pickscore:PickScore",
     "hpsv3": "diversegrpo.rewards.hpsv3:HPSv3",
     "imagereward": "diversegrpo.rewards.imagereward:ImageReward",

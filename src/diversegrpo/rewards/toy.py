@@ -120,4 +120,19 @@ class ContrastReward(_ToyReward):
         return _saturate(contrast, 0.0, 0.4)
 
 
+class OracleReward(_ToyReward):
+    """A diagnostic, not a preference model: the labeller's ground truth (1 for an image of the
+    caption's colour and shape, 0 otherwise) plus the same mild taste (top-left). It has no noise and no
+    partial credit, so a run with it shows what GRPO itself does with a perfect quality signal: whether
+    the taste's replicator dynamics move the modes within the budget."""
+
+    preferred = (0.25, 0.25)
+
+    def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        images = images.detach().float().cpu().clamp(0, 1)
+        valid = torch.from_numpy(world.label(images, prompts).valid).float()  # (B,)
+        _, centroid, _ = _foreground_stats(images)
+        return valid * ((1 - self.taste) + self.taste * _composition(centroid, self.preferred))
+
+
 _FULL_SHAPE_AREA = float(min(t.sum() for t in world.TEMPLATES.values())) / world.IMAGE_SIZE**2
