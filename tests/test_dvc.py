@@ -144,7 +144,7 @@ def test_metrics_show_reports_the_table(repro):
         for h, cell in zip(header[3:], cells[3:]):
             col = names.get(h) or "reward_" + h.rstrip("↑")
             if cell != "nan":
-                in_table[f"{key}/{col}"] = float(cell)
+                in_table[f"{key}/{col}"] = float(cell.split(" ± ")[0])  # the value; ± its standard error
     assert set(in_table) == set(metrics), (
         f"only in table.md: {sorted(set(in_table) - set(metrics))[:5]}, "
         f"only in dvc metrics: {sorted(set(metrics) - set(in_table))[:5]}"

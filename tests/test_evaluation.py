@@ -58,3 +58,15 @@ def test_table_cells_carry_their_standard_error_where_one_exists():
     assert "| toy | colour | base | 1.0000 ± 0.0200 | 0.0000 |" in markdown
     assert r"0.5000 $\pm$ 0.1250 & 0.2500 \\" in report.to_latex(table, errors)
     assert "±" not in report.to_markdown(table)
+
+
+def test_two_images_per_prompt_still_give_a_finite_diversity_error():
+    # half of the resamples of two images repeat one image: they have no pair and are skipped
+    embeddings = torch.randn(6, 4, generator=torch.Generator().manual_seed(2))
+    errors = bootstrap_standard_errors(["a", "a", "b", "b", "c", "c"], embeddings, {}, labels=None, resamples=100)
+    assert math.isfinite(errors["diversity"]) and errors["diversity"] > 0
+
+
+def test_paper_table_of_a_base_run_alone_is_empty_not_an_error():
+    base_only = _table({"diversity": [0.02, 0.1]}).iloc[:1]
+    assert report.paper_table(base_only, ["colour"]).empty

@@ -73,14 +73,15 @@ def bootstrap_standard_errors(
             n = len(members)
             pick = rng.integers(n, size=n)  # (n,) positions inside the prompt
             distinct = pick[:, None] != pick[None, :]  # (n, n) pairs of two different images
-            row = {"diversity": d[np.ix_(pick, pick)][distinct].mean()}
+            # a resample of one repeated image has no pair: it has no diversity (NaN, skipped below)
+            row = {"diversity": d[np.ix_(pick, pick)][distinct].mean() if distinct.any() else np.nan}
             row.update({f"reward_{name}": float(v[members[pick]].mean()) for name, v in values.items()})
             if labels is not None:
                 row.update(_ground_truth(labels, members[pick]))
             rows.append(row)
-        for name, mean in pd.DataFrame(rows).mean().items():
+        for name, mean in pd.DataFrame(rows).mean(skipna=True).items():
             draws.setdefault(name, []).append(float(mean))
-    return {name: float(np.std(v, ddof=1)) for name, v in draws.items()}
+    return {name: float(np.nanstd(v, ddof=1)) for name, v in draws.items()}
 
 
 def world_statistics(images: torch.Tensor, prompts: list[str]) -> dict[str, float]:

@@ -38,6 +38,8 @@ def paper_table(table: pd.DataFrame, rewards: list[str]) -> pd.DataFrame:
         base = table[(table.backbone == backbone) & (table.method == "base")].assign(reward=reward)
         runs = table[(table.backbone == backbone) & (table.reward == reward)]
         blocks.append(pd.concat([base, runs]))
+    if not blocks:  # e.g. standard errors of a base run re-evaluated before the trained runs were
+        return table.iloc[0:0]
     out = pd.concat(blocks, ignore_index=True)
     columns = [c for c, _, _ in COLUMNS if c in out] + [f"reward_{r}" for r in rewards if f"reward_{r}" in out]
     return out[["backbone", "reward", "method", *columns]]
