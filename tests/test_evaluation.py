@@ -25,7 +25,7 @@ def test_standard_errors_vanish_when_every_image_of_a_prompt_is_the_same():
 def test_standard_error_of_a_mean_reward_matches_the_binomial_formula():
     n, p = 400, 0.3
     values = torch.zeros(n)
-    values[: int(n * p)] = 1.0  # exactly 30% ones: the bootstrap's truth is p (1 - p) / n
+    values[: int(n * p)] = 1.0  # exactly 30% ones: the mean's standard error is sqrt(p (1 - p) / n)
     embeddings = torch.randn(n, 4, generator=torch.Generator().manual_seed(0))
     errors = bootstrap_standard_errors(["a"] * n, embeddings, {"r": values}, labels=None, resamples=2000)
     assert errors["reward_r"] == pytest.approx(math.sqrt(p * (1 - p) / n), rel=0.08)
