@@ -29,7 +29,7 @@ RADIUS = 3  # shapes fill a 7 x 7 box
 _CENTRES = {"top-left": (4, 4), "top-right": (4, 12), "bottom-left": (12, 4), "bottom-right": (12, 12)}
 JITTER = (-1, 0)
 _FOREGROUND_THRESHOLD = 0.25  # colour distance from the background
-MIN_AREA = 8  # pixels; less is "no object"
+_MIN_AREA = 8  # pixels; less is "no object"
 
 
 def _template(shape: str) -> np.ndarray:
@@ -117,32 +117,40 @@ def label(images: torch.Tensor, prompts: list[str]) -> Labels:
     mode, colour_ok, shape_ok = np.full(n, -1), np.zeros(n, bool), np.zeros(n, bool)
     centroid = np.full((n, 2), IMAGE_SIZE / 2 - 0.5)
     for i, (prompt, mask) in enumerate(zip(prompts, masks)):
-        if mask.sum() < MIN_AREA:
+        centre = object_centroid(mask)
+        if centre is None:
             continue
         colour, shape = parse(prompt)
-        ys, xs = np.nonzero(mask)
-        cy, cx = ys.mean(), xs.mean()
-        centroid[i] = (cy, cx)
+        cy, cx = centroid[i] = centre
         mode[i] = 2 * int(cy >= IMAGE_SIZE / 2) + int(cx >= IMAGE_SIZE / 2)
         mean_colour = images[i].numpy()[:, mask].mean(axis=1)
         colour_ok[i] = list(COLOURS)[int(np.argmin(((palette - mean_colour) ** 2).sum(1)))] == colour
-        shape_ok[i] = _best_shape(mask, int(round(cy)), int(round(cx))) == shape
+        shape_ok[i] = _best_shape(mask, centre) == shape
     return Labels(mode=mode, colour_ok=colour_ok, shape_ok=shape_ok, centroid=centroid)
 
 
-def shape_ious(mask: np.ndarray, cy: int, cx: int) -> dict[str, float]:
-    """IoU of a (H, W) foreground mask with each shape's template centred at (cy, cx); foreground
-    outside the template's box counts against every shape."""
+def object_centroid(mask: np.ndarray) -> tuple[float, float] | None:
+    """(y, x) centroid in pixels of a (H, W) foreground mask, or None when it is too small to be an
+    object. The labeller and the rewards' shape term find objects alike through this."""
+    if mask.sum() < _MIN_AREA:
+        return None
+    ys, xs = np.nonzero(mask)
+    return ys.mean(), xs.mean()
+
+
+def shape_ious(mask: np.ndarray, centre: tuple[float, float]) -> dict[str, float]:
+    """IoU of a (H, W) foreground mask with each shape's template centred at the pixel nearest
+    `centre`; foreground outside the template's box counts against every shape."""
     padded = np.pad(mask, RADIUS + 1)
-    cy, cx = cy + RADIUS + 1, cx + RADIUS + 1
+    cy, cx = (int(round(c)) + RADIUS + 1 for c in centre)
     window = padded[cy - RADIUS : cy + RADIUS + 1, cx - RADIUS : cx + RADIUS + 1]
     outside = mask.sum() - window.sum()
     return {s: float((window & t).sum() / ((window | t).sum() + outside)) for s, t in TEMPLATES.items()}
 
 
-def _best_shape(mask: np.ndarray, cy: int, cx: int) -> str:
+def _best_shape(mask: np.ndarray, centre: tuple[float, float]) -> str:
     """The template with the highest IoU against the mask, centred on the mask's centroid."""
-    ious = shape_ious(mask, cy, cx)
+    ious = shape_ious(mask, centre)
     return max(ious, key=ious.get)
 
 

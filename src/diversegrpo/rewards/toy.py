@@ -47,9 +47,9 @@ def _shape_alignment(images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
     masks = world.foreground(images).numpy()  # (B, H, W)
     margins = np.full(len(prompts), -1.0)
     for i, (mask, prompt) in enumerate(zip(masks, prompts)):
-        if mask.sum() >= world.MIN_AREA:
-            ys, xs = np.nonzero(mask)
-            ious = world.shape_ious(mask, int(round(ys.mean())), int(round(xs.mean())))
+        centre = world.object_centroid(mask)
+        if centre is not None:
+            ious = world.shape_ious(mask, centre)
             shape = world.parse(prompt)[1]
             margins[i] = ious.pop(shape) - max(ious.values())
     return _saturate(torch.from_numpy(margins).float(), -0.1, 0.05)
