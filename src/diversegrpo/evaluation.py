@@ -28,19 +28,30 @@ def per_prompt(
 ) -> pd.DataFrame:
     """One row per distinct prompt: diversity, SSIM diversity, mean of each reward, and given the toy
     world's `labels` of the images, the ground-truth valid share, mode coverage and mode entropy."""
-    prompts_arr = np.asarray(prompts)
     rows = []
-    for prompt in dict.fromkeys(prompts):
-        members = np.nonzero(prompts_arr == prompt)[0]
+    for prompt, members in _members(prompts).items():
         idx = torch.from_numpy(members)
         row = {"prompt": prompt, "n_images": len(members), "diversity": metrics.mean_pairwise_distance(embeddings[idx])}
         if with_ssim:
             row["ssim_diversity"] = metrics.ssim_diversity(images[idx])
-        row.update({f"reward_{name}": float(values[idx].mean()) for name, values in rewards.items()})
-        if labels is not None:
-            row.update(_ground_truth(labels, members))
-        rows.append(row)
+        rows.append(row | _image_means(members, rewards, labels))
     return pd.DataFrame(rows)
+
+
+def _members(prompts: list[str]) -> dict[str, np.ndarray]:
+    """Each distinct prompt, in first-seen order -> the indices of its images."""
+    prompts_arr = np.asarray(prompts)
+    return {p: np.nonzero(prompts_arr == p)[0] for p in dict.fromkeys(prompts)}
+
+
+def _image_means(members: np.ndarray, rewards: dict[str, torch.Tensor], labels: world.Labels | None) -> dict[str, float]:
+    """Of one prompt's images (indices; a bootstrap resample repeats some): the mean of each reward
+    and, given the toy world's labels, the ground truth."""
+    idx = torch.from_numpy(members)
+    row = {f"reward_{name}": float(values[idx].mean()) for name, values in rewards.items()}
+    if labels is not None:
+        row.update(_ground_truth(labels, members))
+    return row
 
 
 def _ground_truth(labels: world.Labels, members: np.ndarray) -> dict[str, float]:
@@ -62,10 +73,8 @@ def bootstrap_standard_errors(
     under other sampling seeds. Diversity averages only pairs of two different images: a repeated image
     is no pair of distinct samples, and counting it as distance 0 would inflate the spread."""
     rng = np.random.default_rng(seed)
-    prompts_arr = np.asarray(prompts)
-    groups = [np.nonzero(prompts_arr == p)[0] for p in dict.fromkeys(prompts)]
+    groups = list(_members(prompts).values())
     distances = [cosine_distances(embeddings[torch.from_numpy(g)]).numpy() for g in groups]  # (n, n) each
-    values = {name: v.numpy() for name, v in rewards.items()}
     draws: dict[str, list[float]] = {}
     for _ in range(resamples):
         rows = []
@@ -74,11 +83,8 @@ def bootstrap_standard_errors(
             pick = rng.integers(n, size=n)  # (n,) positions inside the prompt
             distinct = pick[:, None] != pick[None, :]  # (n, n) pairs of two different images
             # a resample of one repeated image has no pair: it has no diversity (NaN, skipped below)
-            row = {"diversity": d[np.ix_(pick, pick)][distinct].mean() if distinct.any() else np.nan}
-            row.update({f"reward_{name}": float(v[members[pick]].mean()) for name, v in values.items()})
-            if labels is not None:
-                row.update(_ground_truth(labels, members[pick]))
-            rows.append(row)
+            diversity = d[np.ix_(pick, pick)][distinct].mean() if distinct.any() else np.nan
+            rows.append({"diversity": diversity} | _image_means(members[pick], rewards, labels))
         for name, mean in pd.DataFrame(rows).mean(skipna=True).items():
             draws.setdefault(name, []).append(float(mean))
     return {name: float(np.nanstd(v, ddof=1)) for name, v in draws.items()}
@@ -87,8 +93,7 @@ def bootstrap_standard_errors(
 def world_statistics(images: torch.Tensor, prompts: list[str]) -> dict[str, float]:
     """Toy world: ground-truth valid share, mode coverage and mode entropy, averaged over prompts."""
     labels = world.label(images, prompts)
-    prompts_arr = np.asarray(prompts)
-    rows = [_ground_truth(labels, prompts_arr == prompt) for prompt in dict.fromkeys(prompts)]
+    rows = [_ground_truth(labels, members) for members in _members(prompts).values()]
     return pd.DataFrame(rows).mean().to_dict()
 
 
