@@ -1,9 +1,18 @@
 """The embedded default's synthetic world: coloured shapes, each caption with four equally likely modes.
 
-Caption "a red disc" -> a red disc on a dark background in one of four quadrants (the modes), with a
-pixel of jitter. Every generated image can be labelled by construction: its mode is the quadrant of
-its foreground centroid; it is valid when the foreground's colour and shape match the caption. No
-learned classifier is involved, so mode collapse is measured against ground truth.
+Caption "a red disc" -> a red disc near the centre, with a pixel of jitter, on one of four dark
+background tints (the modes). Every generated image can be labelled by construction: its mode is the
+tint nearest its border's median colour (none when no tint is near, a muddled background); it is
+valid when it has a mode and its foreground's colour and shape match the caption. No learned
+classifier is involved, so mode collapse is measured against ground truth.
+
+Why the background: a first world had the shape's quadrant as its mode. There, GRPO could not move
+mode mass within the CPU budget, even with a perfect reward: choosing a quadrant is a
+caption-specific, position-dependent pattern, so each rollout's log-prob gradient carries that choice
+in a few of its 768 noise dimensions. A tint is one global direction shared by every caption, which a
+bias-like change of the velocity selects, so 32 rollouts per step are enough to see it (measured with
+the oracle reward: held-out mode entropy 0.95 -> 0.26 in 60 iterations, against 0.97 -> 0.96 for
+quadrants). Real preference models have such global tastes too: palette, lighting, style.
 """
 
 from __future__ import annotations
@@ -20,15 +29,21 @@ COLOURS: dict[str, tuple[float, float, float]] = {
     "yellow": (0.95, 0.85, 0.10),
 }
 SHAPES = ("square", "disc", "cross", "frame")
-MODES = ("top-left", "top-right", "bottom-left", "bottom-right")
-BACKGROUND = 0.08
+# The modes: background tints, dark so that every caption colour stands out (colour distance >= 0.5
+# from each) and >= 0.32 apart from each other.
+TINTS: dict[str, tuple[float, float, float]] = {
+    "black": (0.08, 0.08, 0.08),
+    "teal": (0.05, 0.30, 0.32),
+    "purple": (0.32, 0.05, 0.32),
+    "olive": (0.32, 0.30, 0.05),
+}
+MODES = tuple(TINTS)
 IMAGE_SIZE = 16
 RADIUS = 3  # shapes fill a 7 x 7 box
-# Each mode is one 8 x 8 quadrant and the jitter keeps the shape inside it, so that with the toy
-# backbone's 8-pixel patches one token holds one whole object.
-_CENTRES = {"top-left": (4, 4), "top-right": (4, 12), "bottom-left": (12, 4), "bottom-right": (12, 12)}
-JITTER = (-1, 0)
-_FOREGROUND_THRESHOLD = 0.25  # colour distance from the background
+CENTRE = 8
+JITTER = (-1, 0)  # the shape never touches the border, which shows the background alone
+_TINT_TOLERANCE = 0.12  # colour distance from a tint within which a border counts as that tint
+_FOREGROUND_THRESHOLD = 0.25  # colour distance from the image's background
 _MIN_AREA = 8  # pixels; less is "no object"
 
 
@@ -73,9 +88,9 @@ def parse(prompt: str) -> tuple[str, str]:
 
 def render(colour: str, shape: str, mode: int, offset: tuple[int, int] = (0, 0)) -> np.ndarray:
     """(3, 16, 16) float32 image in [0, 1]."""
-    image = np.full((3, IMAGE_SIZE, IMAGE_SIZE), BACKGROUND, dtype=np.float32)
-    cy, cx = _CENTRES[MODES[mode]]
-    cy, cx = cy + offset[0], cx + offset[1]
+    tint = np.array(TINTS[MODES[mode]], dtype=np.float32)
+    image = np.repeat(np.repeat(tint[:, None, None], IMAGE_SIZE, axis=1), IMAGE_SIZE, axis=2)
+    cy, cx = CENTRE + offset[0], CENTRE + offset[1]
     box = (slice(cy - RADIUS, cy + RADIUS + 1), slice(cx - RADIUS, cx + RADIUS + 1))
     mask = TEMPLATES[shape]
     for c, value in enumerate(COLOURS[colour]):
@@ -93,7 +108,7 @@ def sample_images(prompts: list[str], rng: np.random.Generator) -> tuple[torch.T
 
 @dataclass
 class Labels:
-    mode: np.ndarray  # (B,) int: index into MODES, -1 where no object was found
+    mode: np.ndarray  # (B,) int: index into MODES, -1 where no object or no clean background was found
     colour_ok: np.ndarray  # (B,) bool
     shape_ok: np.ndarray  # (B,) bool
     centroid: np.ndarray  # (B, 2) float (y, x) in pixels; image centre where no object
@@ -103,16 +118,30 @@ class Labels:
         return (self.mode >= 0) & self.colour_ok & self.shape_ok
 
 
+def background(images: torch.Tensor) -> torch.Tensor:
+    """(B, 3) background colour of (B, 3, H, W) images: the median of their border pixels."""
+    border = torch.cat([images[:, :, 0], images[:, :, -1], images[:, :, 1:-1, 0], images[:, :, 1:-1, -1]], dim=2)
+    return border.median(dim=2).values
+
+
 def foreground(images: torch.Tensor) -> torch.Tensor:
-    """(B, H, W) bool: pixels far enough from the background colour."""
-    return (images - BACKGROUND).norm(dim=1) > _FOREGROUND_THRESHOLD
+    """(B, H, W) bool: pixels far enough from their image's background colour."""
+    return (images - background(images)[:, :, None, None]).norm(dim=1) > _FOREGROUND_THRESHOLD
+
+
+def tint_distances(colours: torch.Tensor) -> torch.Tensor:
+    """(B, 4) colour distance of (B, 3) background colours to each mode's tint."""
+    return torch.cdist(colours.float(), torch.tensor(list(TINTS.values())))
 
 
 def label(images: torch.Tensor, prompts: list[str]) -> Labels:
     """Ground-truth labels of generated (B, 3, 16, 16) images in [0, 1] against their captions."""
     images = images.detach().float().cpu().clamp(0, 1)
     masks = foreground(images).numpy()  # (B, H, W)
-    palette = np.array(list(COLOURS.values()))  # (6, 3)
+    distances = tint_distances(background(images))  # (B, 4)
+    nearest = distances.argmin(dim=1).numpy()
+    clean = (distances.min(dim=1).values < _TINT_TOLERANCE).numpy()
+    palette = np.array(list(COLOURS.values()))  # (4, 3)
     n = len(prompts)
     mode, colour_ok, shape_ok = np.full(n, -1), np.zeros(n, bool), np.zeros(n, bool)
     centroid = np.full((n, 2), IMAGE_SIZE / 2 - 0.5)
@@ -121,8 +150,8 @@ def label(images: torch.Tensor, prompts: list[str]) -> Labels:
         if centre is None:
             continue
         colour, shape = parse(prompt)
-        cy, cx = centroid[i] = centre
-        mode[i] = 2 * int(cy >= IMAGE_SIZE / 2) + int(cx >= IMAGE_SIZE / 2)
+        centroid[i] = centre
+        mode[i] = nearest[i] if clean[i] else -1
         mean_colour = images[i].numpy()[:, mask].mean(axis=1)
         colour_ok[i] = list(COLOURS)[int(np.argmin(((palette - mean_colour) ** 2).sum(1)))] == colour
         shape_ok[i] = _best_shape(mask, centre) == shape

@@ -25,8 +25,8 @@ LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", 
 @dataclass
 class ToyConfig:
     image_size: int = world.IMAGE_SIZE
-    # One 8 x 8 patch is one quadrant, i.e. one mode: one token holds one whole object. The width must
-    # exceed a patch's 8 * 8 * 3 = 192 values, or the noise part of the velocity cannot pass through.
+    # 8 x 8 patches: 4 tokens, each with a quarter of the shape and a share of the background. The width
+    # must exceed a patch's 8 * 8 * 3 = 192 values, or the noise part of the velocity cannot pass through.
     patch_size: int = 8
     num_layers: int = 3
     num_attention_heads: int = 4

@@ -2,10 +2,11 @@
 
 Each scores a quality the caption asks for, times the caption's shape (prompt alignment), saturating
 once the image is good enough, i.e. at what most of the base model's correct renders reach (as preference
-models barely separate two good images: PickScore varies by ~0.01 inside a group), plus a mild
-compositional taste (5% of the score), as real preference models have (PickScore and HPS favour certain
-framings). Among good images only the taste differs, and group-normalised advantages turn it into a
-full-size signal: the replicator dynamics of the paper push all mass onto the preferred quadrant.
+models barely separate two good images: PickScore varies by ~0.01 inside a group), plus a mild palette
+taste (5% of the score) for one background tint, as real preference models have (PickScore and HPS
+favour certain palettes and lighting). Among good images only the taste differs, and group-normalised
+advantages turn it into a full-size signal: the replicator dynamics of the paper push all mass onto
+the preferred tint.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import torch
 
 from .. import world
 
-TASTE = 0.05  # default weight of the compositional preference (config: rewards.<name>.taste)
+TASTE = 0.05  # default weight of the palette preference (config: rewards.<name>.taste)
+_TASTE_RANGE = 0.5  # colour distance from the preferred tint at which the taste reaches 0
 
 
 def _saturate(value: torch.Tensor, low: float, high: float) -> torch.Tensor:
@@ -26,16 +28,11 @@ def _saturate(value: torch.Tensor, low: float, high: float) -> torch.Tensor:
 
 
 def _foreground_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(B, H, W) soft foreground weights, (B, 2) centroid (y, x) in [0, 1], (B,) foreground area share."""
-    distance = (images - world.BACKGROUND).norm(dim=1)  # (B, H, W)
+    """(B, H, W) soft foreground weights, (B, 3) background colour, (B,) foreground area share."""
+    background = world.background(images)  # (B, 3)
+    distance = (images - background[:, :, None, None]).norm(dim=1)  # (B, H, W)
     weight = torch.sigmoid((distance - 0.25) * 20)  # soft version of the labeller's threshold
-    area = weight.mean(dim=(1, 2))  # (B,)
-    h, w = images.shape[-2:]
-    ys = torch.linspace(0, 1, h).view(1, h, 1)
-    xs = torch.linspace(0, 1, w).view(1, 1, w)
-    total = weight.sum(dim=(1, 2)).clamp_min(1e-6)
-    centroid = torch.stack([(weight * ys).sum(dim=(1, 2)) / total, (weight * xs).sum(dim=(1, 2)) / total], dim=1)
-    return weight, centroid, area
+    return weight, background, weight.mean(dim=(1, 2))
 
 
 def _shape_alignment(images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
@@ -55,9 +52,11 @@ def _shape_alignment(images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
     return _saturate(torch.from_numpy(margins).float(), -0.1, 0.05)
 
 
-def _composition(centroid: torch.Tensor, preferred: tuple[float, float]) -> torch.Tensor:
-    """(B,) 1 at the preferred point, falling linearly to 0 at the far corner."""
-    return 1 - (centroid - torch.tensor(preferred)).norm(dim=1) / math.sqrt(2)
+def _palette(background: torch.Tensor, preferred: str) -> torch.Tensor:
+    """(B,) 1 on the preferred tint, falling linearly with the (B, 3) background's colour distance from
+    it (the other tints score 0.24-0.35)."""
+    distance = (background - torch.tensor(world.TINTS[preferred])).norm(dim=1)
+    return (1 - distance / _TASTE_RANGE).clamp(min=0)
 
 
 def _target_colours(prompts: list[str]) -> torch.Tensor:
@@ -65,9 +64,9 @@ def _target_colours(prompts: list[str]) -> torch.Tensor:
 
 
 class _ToyReward:
-    """(1 - taste) * quality + taste * composition; subclasses define the quality and the taste."""
+    """(1 - taste) * quality + taste * palette; subclasses define the quality and the preferred tint."""
 
-    preferred: tuple[float, float]
+    preferred: str
 
     def __init__(self, taste: float = TASTE):
         self.taste = taste
@@ -82,18 +81,18 @@ class _ToyReward:
 
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         images = images.detach().float().cpu().clamp(0, 1)
-        weight, centroid, area = _foreground_stats(images)
+        weight, background, area = _foreground_stats(images)
         quality = self.quality(images, weight, area, prompts) * _shape_alignment(images, prompts)
-        return (1 - self.taste) * quality + self.taste * _composition(centroid, self.preferred)
+        return (1 - self.taste) * quality + self.taste * _palette(background, self.preferred)
 
 
 class ColourReward(_ToyReward):
     """Colour fidelity: how close the foreground's pixels are to the caption's colour (saturating at
     0.75 of a perfect match, which 90% of the base model's valid renders reach; its invalid ones have a
     median of 0.58), times how much foreground there is relative to the smallest shape.
-    Taste: objects towards the top-left."""
+    Taste: a teal background."""
 
-    preferred = (0.25, 0.25)
+    preferred = "teal"
 
     def quality(self, images, weight, area, prompts):
         error = (images - _target_colours(prompts)[:, :, None, None]).norm(dim=1) / math.sqrt(3)  # (B, H, W)
@@ -104,35 +103,36 @@ class ColourReward(_ToyReward):
 
 class ContrastReward(_ToyReward):
     """Figure-ground contrast: foreground luminance above a dark, clean background, relative to what
-    the caption's colour allows, penalising grey in-between pixels (blur); saturates at 0.4 of ideal
-    (reached by 85% of the base model's valid renders, by a quarter of its invalid ones).
-    Taste: objects towards the bottom-right."""
+    the caption's colour allows on the image's own background, penalising grey in-between pixels (blur);
+    saturates at 0.4 of ideal. Relative to the own background, so that the quality does not prefer a
+    tint: with the darkest tint as the ideal's reference, Flow-GRPO collapsed onto black through the
+    quality term alone (mode entropy 0.95 -> 0.14 in 60 iterations), a taste far from mild.
+    Taste: a black background."""
 
-    preferred = (0.75, 0.75)
+    preferred = "black"
 
     def quality(self, images, weight, area, prompts):
         luminance = images.mean(dim=1)  # (B, H, W)
         fg = (weight * luminance).sum(dim=(1, 2)) / weight.sum(dim=(1, 2)).clamp_min(1e-6)
         bg = ((1 - weight) * luminance).sum(dim=(1, 2)) / (1 - weight).sum(dim=(1, 2)).clamp_min(1e-6)
         blur = (4 * weight * (1 - weight)).mean(dim=(1, 2))  # (B,) share of undecided pixels
-        ideal = _target_colours(prompts).mean(dim=1) - world.BACKGROUND  # (B,) a perfect render's contrast
+        ideal = (_target_colours(prompts).mean(dim=1) - bg).clamp_min(0.05)  # (B,) a perfect render's contrast here
         contrast = (fg - bg).clamp(min=0) / ideal - 2 * blur
         return _saturate(contrast, 0.0, 0.4)
 
 
 class OracleReward(_ToyReward):
     """A diagnostic, not a preference model: the labeller's ground truth (1 for an image of the
-    caption's colour and shape, 0 otherwise) plus the same mild taste (top-left). It has no noise and no
-    partial credit, so a run with it shows what GRPO itself does with a perfect quality signal: whether
-    the taste's replicator dynamics move the modes within the budget."""
+    caption's colour and shape on a clean tint, 0 otherwise) plus the same mild taste (teal). It has no
+    noise and no partial credit, so a run with it shows what GRPO itself does with a perfect quality
+    signal: whether the taste's replicator dynamics move the modes within the budget."""
 
-    preferred = (0.25, 0.25)
+    preferred = "teal"
 
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         images = images.detach().float().cpu().clamp(0, 1)
         valid = torch.from_numpy(world.label(images, prompts).valid).float()  # (B,)
-        _, centroid, _ = _foreground_stats(images)
-        return valid * ((1 - self.taste) + self.taste * _composition(centroid, self.preferred))
+        return valid * ((1 - self.taste) + self.taste * _palette(world.background(images), self.preferred))
 
 
 _FULL_SHAPE_AREA = float(min(t.sum() for t in world.TEMPLATES.values())) / world.IMAGE_SIZE**2
