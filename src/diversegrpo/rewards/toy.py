@@ -37,7 +37,7 @@ def _foreground_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
 
 def _shape_alignment(images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
     """(B,) in [0, 1]: how much better the foreground matches the caption's shape than any other shape
-    (IoU margin of the templates centred on the object), 1 from a margin of 0.05 (95% of the base
+    (IoU margin of the templates centred on the object), 1 from a margin of 0.05 (90% of the base
     model's correct renders), 0 below -0.1. Preference models score prompt alignment; without this
     term the colour reward paid as much for a red blob as for a red cross, and Flow-GRPO learnt to smear
     the shapes (a third of its samples lost their shape in 70 iterations)."""
@@ -89,7 +89,7 @@ class _ToyReward:
 class ColourReward(_ToyReward):
     """Colour fidelity: how close the foreground's pixels are to the caption's colour (saturating at
     0.75 of a perfect match, which 90% of the base model's valid renders reach; its invalid ones have a
-    median of 0.58), times how much foreground there is relative to the smallest shape.
+    median of 0.80), times how much foreground there is relative to the smallest shape.
     Taste: a teal background."""
 
     preferred = "teal"
@@ -104,9 +104,10 @@ class ColourReward(_ToyReward):
 class ContrastReward(_ToyReward):
     """Figure-ground contrast: foreground luminance above a dark, clean background, relative to what
     the caption's colour allows on the image's own background, penalising grey in-between pixels (blur);
-    saturates at 0.4 of ideal. Relative to the own background, so that the quality does not prefer a
-    tint: with the darkest tint as the ideal's reference, Flow-GRPO collapsed onto black through the
-    quality term alone (mode entropy 0.95 -> 0.14 in 60 iterations), a taste far from mild.
+    saturates at 0.4 of ideal (reached by 80% of the base model's valid renders, 56% of its invalid ones).
+    Relative to the own background, so that the quality does not prefer a tint: with the darkest tint
+    as the ideal's reference, the base model's valid renders scored 0.86 on black and 0.41-0.47 on the
+    other tints: a preference ten times the taste, not a mild one.
     Taste: a black background."""
 
     preferred = "black"
