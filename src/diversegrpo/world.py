@@ -111,7 +111,6 @@ class Labels:
     mode: np.ndarray  # (B,) int: index into MODES, -1 where no object or no clean background was found
     colour_ok: np.ndarray  # (B,) bool
     shape_ok: np.ndarray  # (B,) bool
-    centroid: np.ndarray  # (B, 2) float (y, x) in pixels; image centre where no object
 
     @property
     def valid(self) -> np.ndarray:
@@ -144,18 +143,16 @@ def label(images: torch.Tensor, prompts: list[str]) -> Labels:
     palette = np.array(list(COLOURS.values()))  # (4, 3)
     n = len(prompts)
     mode, colour_ok, shape_ok = np.full(n, -1), np.zeros(n, bool), np.zeros(n, bool)
-    centroid = np.full((n, 2), IMAGE_SIZE / 2 - 0.5)
     for i, (prompt, mask) in enumerate(zip(prompts, masks)):
         centre = object_centroid(mask)
         if centre is None:
             continue
         colour, shape = parse(prompt)
-        centroid[i] = centre
         mode[i] = nearest[i] if clean[i] else -1
         mean_colour = images[i].numpy()[:, mask].mean(axis=1)
         colour_ok[i] = list(COLOURS)[int(np.argmin(((palette - mean_colour) ** 2).sum(1)))] == colour
         shape_ok[i] = _best_shape(mask, centre) == shape
-    return Labels(mode=mode, colour_ok=colour_ok, shape_ok=shape_ok, centroid=centroid)
+    return Labels(mode=mode, colour_ok=colour_ok, shape_ok=shape_ok)
 
 
 def object_centroid(mask: np.ndarray) -> tuple[float, float] | None:
