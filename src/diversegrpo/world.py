@@ -123,9 +123,11 @@ def background(images: torch.Tensor) -> torch.Tensor:
     return border.median(dim=2).values
 
 
-def foreground(images: torch.Tensor) -> torch.Tensor:
-    """(B, H, W) bool: pixels far enough from their image's background colour."""
-    return (images - background(images)[:, :, None, None]).norm(dim=1) > _FOREGROUND_THRESHOLD
+def foreground(images: torch.Tensor, colours: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, H, W) bool: pixels far enough from their image's background colour ((B, 3) `colours`, by
+    default `background(images)`; callers that also need it pass it, so it is found once)."""
+    colours = background(images) if colours is None else colours
+    return (images - colours[:, :, None, None]).norm(dim=1) > _FOREGROUND_THRESHOLD
 
 
 def tint_distances(colours: torch.Tensor) -> torch.Tensor:
@@ -136,8 +138,9 @@ def tint_distances(colours: torch.Tensor) -> torch.Tensor:
 def label(images: torch.Tensor, prompts: list[str]) -> Labels:
     """Ground-truth labels of generated (B, 3, 16, 16) images in [0, 1] against their captions."""
     images = images.detach().float().cpu().clamp(0, 1)
-    masks = foreground(images).numpy()  # (B, H, W)
-    distances = tint_distances(background(images))  # (B, 4)
+    colours = background(images)  # (B, 3)
+    masks = foreground(images, colours).numpy()  # (B, H, W)
+    distances = tint_distances(colours)  # (B, 4)
     nearest = distances.argmin(dim=1).numpy()
     clean = (distances.min(dim=1).values < _TINT_TOLERANCE).numpy()
     palette = np.array(list(COLOURS.values()))  # (4, 3)
