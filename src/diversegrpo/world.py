@@ -43,7 +43,7 @@ RADIUS = 3  # shapes fill a 7 x 7 box
 CENTRE = 8
 JITTER = (-1, 0)  # the shape never touches the border, which shows the background alone
 _TINT_TOLERANCE = 0.12  # colour distance from a tint within which a border counts as that tint
-_FOREGROUND_THRESHOLD = 0.25  # colour distance from the image's background
+FOREGROUND_THRESHOLD = 0.25  # colour distance from the image's background
 _MIN_AREA = 8  # pixels; less is "no object"
 
 
@@ -127,7 +127,7 @@ def foreground(images: torch.Tensor, colours: torch.Tensor | None = None) -> tor
     """(B, H, W) bool: pixels far enough from their image's background colour ((B, 3) `colours`, by
     default `background(images)`; callers that also need it pass it, so it is found once)."""
     colours = background(images) if colours is None else colours
-    return (images - colours[:, :, None, None]).norm(dim=1) > _FOREGROUND_THRESHOLD
+    return (images - colours[:, :, None, None]).norm(dim=1) > FOREGROUND_THRESHOLD
 
 
 def tint_distances(colours: torch.Tensor) -> torch.Tensor:
