@@ -9,11 +9,15 @@ from scipy import linalg
 from .creative import cosine_distances
 
 
-def mean_pairwise_distance(embeddings: torch.Tensor) -> float:
-    """Mean of d_ij = 1 - cos(e_i, e_j) over pairs i != j of one prompt's (N, D) embeddings."""
-    d = cosine_distances(embeddings)
+def mean_pairwise(d: torch.Tensor) -> float:
+    """Mean of an (N, N) distance matrix over the pairs i != j (its diagonal is 0)."""
     n = d.shape[0]
     return float(d.sum() / (n * (n - 1)))
+
+
+def mean_pairwise_distance(embeddings: torch.Tensor) -> float:
+    """Mean of d_ij = 1 - cos(e_i, e_j) over pairs i != j of one prompt's (N, D) embeddings."""
+    return mean_pairwise(cosine_distances(embeddings))
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:

@@ -24,6 +24,7 @@ from .backbones.base import Backbone
 from .creative import cosine_distances, exploration_bonus, mix
 from .distributed import Collective, SingleProcess
 from .grpo import clipped_loss, group_advantages
+from .metrics import mean_pairwise
 from .sampling import Rollout, sample_rollout
 from .sde import sde_step
 
@@ -146,11 +147,6 @@ class IterationLog:
 def group_distances(embeddings: torch.Tensor, group_ids: torch.Tensor) -> list[torch.Tensor]:
     """(N_g, N_g) cosine distances for each group, in group order."""
     return [cosine_distances(embeddings[group_ids == g]) for g in torch.unique(group_ids)]
-
-
-def mean_pairwise(d: torch.Tensor) -> float:
-    n = d.shape[0]
-    return float(d.sum() / (n * (n - 1))) if n > 1 else 0.0
 
 
 SINGLE_PROCESS = SingleProcess()
