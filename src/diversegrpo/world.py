@@ -123,11 +123,16 @@ def background(images: torch.Tensor) -> torch.Tensor:
     return border.median(dim=2).values
 
 
-def foreground(images: torch.Tensor, colours: torch.Tensor | None = None) -> torch.Tensor:
-    """(B, H, W) bool: pixels far enough from their image's background colour ((B, 3) `colours`, by
+def background_distance(images: torch.Tensor, colours: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, H, W) colour distance of each pixel from its image's background colour ((B, 3) `colours`, by
     default `background(images)`; callers that also need it pass it, so it is found once)."""
     colours = background(images) if colours is None else colours
-    return (images - colours[:, :, None, None]).norm(dim=1) > FOREGROUND_THRESHOLD
+    return (images - colours[:, :, None, None]).norm(dim=1)
+
+
+def foreground(images: torch.Tensor, colours: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, H, W) bool: pixels far enough from their image's background colour (`colours` as above)."""
+    return background_distance(images, colours) > FOREGROUND_THRESHOLD
 
 
 def tint_distances(colours: torch.Tensor) -> torch.Tensor:

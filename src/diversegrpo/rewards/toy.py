@@ -29,7 +29,7 @@ def _saturate(value: torch.Tensor, low: float, high: float) -> torch.Tensor:
 
 def _foreground_stats(images: torch.Tensor, background: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, H, W) soft foreground weights against the (B, 3) background colours, (B,) foreground area share."""
-    distance = (images - background[:, :, None, None]).norm(dim=1)  # (B, H, W)
+    distance = world.background_distance(images, background)  # (B, H, W)
     weight = torch.sigmoid((distance - world.FOREGROUND_THRESHOLD) * 20)  # soft version of the labeller's threshold
     return weight, weight.mean(dim=(1, 2))
 
