@@ -75,12 +75,35 @@ def test_bad_k_is_rejected():
 def test_mix_raw_and_standardised():
     q, bonus = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1.0, 1.0, 4.0])
     torch.testing.assert_close(mix(q, bonus, beta=0.5, scale="raw"), torch.tensor([1.5, 2.5, 5.0]))
-    z = mix(q, bonus, beta=1.0, scale="standardised")
-    zq = (q - 2) / q.std(unbiased=False)
     zb = (bonus - 2) / bonus.std(unbiased=False)
-    torch.testing.assert_close(z, zq + zb)
+    torch.testing.assert_close(mix(q, bonus, beta=0.5, scale="standardised", unit=0.3), q + 0.5 * 0.3 * zb)
     # constant bonus: standardising gives 0, not a division by zero
-    torch.testing.assert_close(mix(q, torch.ones(3), 1.0, "standardised"), zq)
+    torch.testing.assert_close(mix(q, torch.ones(3), 1.0, "standardised", unit=0.3), q)
+
+
+@pytest.mark.parametrize("global_std", [False, True])
+def test_standardised_mix_at_beta_0_gives_the_baselines_advantages(global_std):
+    """Every method sees one normalisation: DiverseGRPO at beta 0 is SA-Reg exactly, with the group std and with
+    the batch std; the old mix (z-scores of Q inside each group) gave other advantages under the batch std."""
+    from diversegrpo.grpo import advantage_scale, group_advantages
+
+    g = torch.Generator().manual_seed(0)
+    group_ids = torch.arange(3).repeat_interleave(6)
+    quality = torch.rand(18, generator=g) * torch.tensor([0.1, 1.0, 3.0]).repeat_interleave(6)  # unequal spreads
+    bonus = torch.rand(18, generator=g) * 3 + 1
+    unit = advantage_scale(quality, group_ids, global_std).float()
+    rewards = torch.cat([mix(quality[group_ids == i], bonus[group_ids == i], 0.0, "standardised", unit[group_ids == i])
+                         for i in range(3)])
+    baseline = group_advantages(quality, group_ids, global_std)
+    assert torch.equal(group_advantages(rewards, group_ids, global_std), baseline)
+    old = torch.cat([(quality[group_ids == i] - quality[group_ids == i].mean()) / quality[group_ids == i].std(unbiased=False)
+                     for i in range(3)])
+    if global_std:  # the old z-scored mix changes the step size of groups with a small spread
+        assert not torch.allclose(group_advantages(old, group_ids, global_std), baseline, atol=1e-2)
+    # beta > 0 moves the advantages towards rare images, by the same unit in every group
+    mixed = torch.cat([mix(quality[group_ids == i], bonus[group_ids == i], 1.0, "standardised", unit[group_ids == i])
+                       for i in range(3)])
+    assert not torch.allclose(group_advantages(mixed, group_ids, global_std), baseline)
 
 
 @pytest.mark.parametrize("seed", [11, 12, 13])

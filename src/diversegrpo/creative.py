@@ -135,15 +135,20 @@ def _standardise(x: torch.Tensor) -> torch.Tensor:
     return (x - x.mean()) / std if std > 1e-8 else torch.zeros_like(x)
 
 
-def mix(quality: torch.Tensor, bonus: torch.Tensor, beta: float, scale: MixScale = "raw") -> torch.Tensor:
-    """(N,) R = Q + beta E for one group. "standardised": z(Q) + beta z(E), z taken inside the group.
+def mix(
+    quality: torch.Tensor, bonus: torch.Tensor, beta: float, scale: MixScale = "raw", unit: torch.Tensor | float = 1.0
+) -> torch.Tensor:
+    """(N,) the reward the advantages see, for one group: quality (N,) plus beta times the bonus E (N,).
 
-    "raw" is the paper's formula; it only makes sense when Q varies inside a group on the scale of E
-    (E lies in [1, sqrt(N)]). "standardised" makes beta the exchange rate between one group-std of
-    quality and one of rarity, whatever the reward model's units.
+    "raw": R = Q + beta E, the paper's formula; beta is in the reward model's units, so it only means the
+    same across reward models when Q varies inside a group on the scale of E (E lies in [1, sqrt(N)]).
+    "standardised": R = Q + beta * unit * z(E), z taken inside the group and `unit` (scalar or (N,)) the
+    std + eps that the advantages divide quality by (grpo.advantage_scale, group or batch std). Beta is then
+    the weight of one std of rarity against one advantage unit of quality, whatever the reward's units;
+    and at beta = 0, R = Q exactly, so DiverseGRPO's advantages are SA-Reg's under every normalisation.
     """
     if scale == "raw":
         return quality + beta * bonus
     if scale == "standardised":
-        return _standardise(quality) + beta * _standardise(bonus)
+        return quality + beta * torch.as_tensor(unit, dtype=quality.dtype) * _standardise(bonus)
     raise ValueError(f"creative mix scale must be 'raw' or 'standardised', got {scale!r}")

@@ -7,6 +7,29 @@ from dataclasses import dataclass
 import torch
 
 
+def _dense(group_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B,) dense group index and (G,) group sizes."""
+    _, inverse = torch.unique(group_ids, return_inverse=True)
+    return inverse, torch.bincount(inverse).double()  # on group_ids' device, like the rewards
+
+
+def _group_means(values: torch.Tensor, inverse: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """(B,) the mean of each sample's group, for (B,) float64 values."""
+    sums = torch.zeros(counts.shape[0], dtype=torch.float64, device=values.device).index_add_(0, inverse, values)
+    return (sums / counts)[inverse]
+
+
+def advantage_scale(rewards: torch.Tensor, group_ids: torch.Tensor, global_std: bool = False, eps: float = 1e-4) -> torch.Tensor:
+    """(B,) float64: what `group_advantages` divides each centred reward by, std + eps, the std taken over the
+    sample's group or over the whole batch. The creative mix expresses the bonus in this unit."""
+    rewards = rewards.double()
+    if global_std:
+        return (rewards.std(unbiased=False) + eps).expand_as(rewards)
+    inverse, counts = _dense(group_ids)
+    centred = rewards - _group_means(rewards, inverse, counts)
+    return _group_means(centred**2, inverse, counts).sqrt() + eps
+
+
 def group_advantages(
     rewards: torch.Tensor,
     group_ids: torch.Tensor,
@@ -19,17 +42,8 @@ def group_advantages(
     rewards: (B,) float; group_ids: (B,) int, equal for the images of one prompt.
     """
     rewards = rewards.double()
-    _, inverse = torch.unique(group_ids, return_inverse=True)  # (B,) dense group index
-    n_groups = int(inverse.max()) + 1
-    counts = torch.bincount(inverse, minlength=n_groups).double()  # (G,)
-    group_mean = torch.zeros(n_groups, dtype=torch.float64).index_add_(0, inverse, rewards) / counts
-    centred = rewards - group_mean[inverse]  # (B,)
-    if global_std:
-        std = rewards.std(unbiased=False).expand_as(rewards)
-    else:
-        group_var = torch.zeros(n_groups, dtype=torch.float64).index_add_(0, inverse, centred**2) / counts
-        std = group_var.sqrt()[inverse]
-    advantages = centred / (std + eps)
+    inverse, counts = _dense(group_ids)
+    advantages = (rewards - _group_means(rewards, inverse, counts)) / advantage_scale(rewards, group_ids, global_std, eps)
     if clip is not None:
         advantages = advantages.clamp(-clip, clip)
     return advantages.float()
