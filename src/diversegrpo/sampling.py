@@ -32,17 +32,22 @@ def sample_rollout(
     noise_level: float,
     generator: torch.Generator,
     sde_type: SdeType = "sde",
+    micro_batch: int | None = None,
 ) -> Rollout:
-    """Draw `group_size` SDE trajectories for each prompt, keeping what the train pass will rescore."""
+    """Draw `group_size` SDE trajectories for each prompt, keeping what the train pass will rescore.
+
+    The transformer and the decoder see `micro_batch` samples at a time (memory only): each step's noise is
+    drawn for the whole batch first, so the trajectories do not depend on it."""
     expanded = [p for p in prompts for _ in range(group_size)]
     group_ids = torch.arange(len(prompts)).repeat_interleave(group_size)
     cond = backbone.encode_prompts(prompts).repeat_interleave(group_size)
     sigmas = backbone.sigmas(num_steps)
     x = backbone.initial_noise(len(expanded), generator)
+    chunks = _chunks(len(expanded), micro_batch)
     latents, log_probs = [x], []
     for i in range(num_steps):
-        v = backbone.velocity(x, sigmas[i], cond, guidance_scale)
-        noise = torch.randn(x.shape, generator=generator).to(x.device)
+        v = torch.cat([backbone.velocity(x[c], sigmas[i], cond[c], guidance_scale) for c in chunks])
+        noise = torch.randn(x.shape, generator=generator).to(x.device, non_blocking=True)  # CPU stream: seeds portable
         step = sde_step(x, v, sigmas[i], sigmas[i + 1], noise_level, noise=noise, sde_type=sde_type)
         x = step.sample
         latents.append(x)
@@ -54,15 +59,28 @@ def sample_rollout(
         sigmas=sigmas,
         latents=torch.stack(latents),
         log_probs=torch.stack(log_probs),
-        images=backbone.decode(x),
+        images=decode(backbone, x, micro_batch),
     )
+
+
+def _chunks(n: int, size: int | None) -> list[slice]:
+    size = size or n
+    return [slice(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+def decode(backbone: Backbone, latents: torch.Tensor, micro_batch: int | None = None) -> torch.Tensor:
+    """(B, 3, H, W) images, decoded `micro_batch` latents at a time (a VAE decode of a whole rollout at 512 px
+    holds tens of GB of activations)."""
+    return torch.cat([backbone.decode(latents[c]) for c in _chunks(latents.shape[0], micro_batch)])
 
 
 @torch.no_grad()
 def sample_images(
-    backbone: Backbone, prompts: list[str], num_steps: int, guidance_scale: float, seed: int, batch_size: int = 64
+    backbone: Backbone, prompts: list[str], num_steps: int, guidance_scale: float, seed: int, batch_size: int = 64,
+    decode_batch: int = 8,
 ) -> torch.Tensor:
-    """(B, 3, H, W) ODE samples; image i's noise depends only on (seed, i), so every run shares seeds."""
+    """(B, 3, H, W) ODE samples; image i's noise depends only on (seed, i), so every run shares seeds.
+    `batch_size` samples per transformer forward, `decode_batch` per VAE decode (memory only)."""
     out = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
@@ -74,5 +92,5 @@ def sample_images(
         x = noise
         for i in range(num_steps):
             x = sde_step(x, backbone.velocity(x, sigmas[i], cond, guidance_scale), sigmas[i], sigmas[i + 1], 0.0).sample
-        out.append(backbone.decode(x).cpu())
+        out.append(decode(backbone, x, decode_batch).cpu())
     return torch.cat(out)

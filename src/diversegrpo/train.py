@@ -20,6 +20,7 @@ progress; every process resumes from the same checkpoint.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import sys
@@ -33,6 +34,7 @@ from tqdm import tqdm
 
 from . import __version__, distributed, trainer, world
 from .backbones.base import Backbone, LoraSpec
+from .ema import EMA, EmaSettings
 from .evaluation import per_prompt, score_rewards, world_statistics
 from .io import load_state, remove_stale_temps, save_state, write_parquet
 from .registry import BACKBONES, build_features, build_reward, resolve
@@ -88,7 +90,9 @@ class RunConfig:
         d = dict(d)
         creative = d["method"].get("creative")
         d["method"] = trainer.MethodSettings(**{**d["method"], "creative": trainer.CreativeSettings(**creative) if creative else None})
-        d["train"] = trainer.TrainSettings(**d["train"])
+        train = dict(d["train"])
+        train["ema"] = EmaSettings(**train["ema"]) if train.get("ema") else None
+        d["train"] = trainer.TrainSettings(**train)
         return cls(**d)
 
 
@@ -134,9 +138,11 @@ class Run:
         self.backbone = build_backbone(cfg.backbone, self.device)
         torch.manual_seed(cfg.seed)  # the LoRA's random init (lora_A): same seed, same adapter
         self.backbone.add_lora(LoraSpec.from_config(cfg.backbone["lora"], self.backbone.lora_targets))
+        self.backbone.check_lora_saving()  # now, not after the last iteration
         self.reward = build_reward(cfg.reward, self.device)
         self.embedder = build_features(cfg.features, self.device)
         self.optimizer = torch.optim.AdamW(self.backbone.lora_parameters(), lr=cfg.train.lr, weight_decay=1e-4)
+        self.ema = EMA(self.backbone.lora_parameters(), cfg.train.ema) if cfg.train.ema else None
         self.iteration, self.log, self.curve = 0, [], []
         self._resume()
 
@@ -178,6 +184,8 @@ class Run:
             return
         self.backbone.set_lora_state(state["lora"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         self.iteration, self.log, self.curve = state["iteration"], state["log"], state["curve"]
         self._note(f"resumed from {path} at iteration {self.iteration}")
 
@@ -196,15 +204,25 @@ class Run:
         if self.collective.is_main:
             save_state(
                 {"config_hash": self.config_hash, "lora": lora, "optimizer": optimizer,
-                 "iteration": self.iteration, "log": self.log, "curve": self.curve},
+                 "iteration": self.iteration, "log": self.log, "curve": self.curve,
+                 **({"ema": self.ema.state_dict()} if self.ema is not None else {})},
                 self.out / CHECKPOINT,
             )
+
+    def published(self) -> contextlib.AbstractContextManager:
+        """The weights that are evaluated and saved: the EMA's when the run keeps one (Flow-GRPO's choice)."""
+        if self.ema is None:
+            return contextlib.nullcontext()
+        return self.ema.swapped_in(self.backbone.lora_parameters())
 
     def evaluate(self) -> dict:
         """ODE samples on held-out prompts, fixed seeds: one point of the reward-diversity curve."""
         cfg, n = self.cfg, self.cfg.eval_images_per_prompt
         prompts = [p for p in cfg.eval_prompts for _ in range(n)]
-        images = sample_images(self.backbone, prompts, cfg.backbone["eval_steps"], cfg.train.guidance_scale, seed=cfg.seed)
+        batch = cfg.train.micro_batch or 64
+        with self.published():
+            images = sample_images(self.backbone, prompts, cfg.backbone["eval_steps"], cfg.train.guidance_scale,
+                                   seed=cfg.seed, batch_size=batch, decode_batch=min(batch, 8))
         rewards = score_rewards(images, prompts, {"reward": self.reward})
         labels = world.label(images, prompts) if cfg.backbone["kind"] == "toy" else None
         table = per_prompt(images, prompts, self.embedder(images), rewards, labels, with_ssim=False)
@@ -216,7 +234,7 @@ class Run:
         statistics = world_statistics if self.cfg.backbone["kind"] == "toy" else None
         result = trainer.grpo_iteration(
             self.backbone, self.optimizer, prompts, self.reward, self.embedder, self.cfg.method, self.cfg.train,
-            generator, statistics, self.collective,
+            generator, statistics, self.collective, self.ema,
         )
         self.log.append({"iteration": self.iteration, **result.row()})
         self.iteration += 1
@@ -255,7 +273,8 @@ class Run:
         write_parquet(log[["iteration", *timing]], self.out / "timings.parquet")
         write_parquet(log.drop(columns=timing), self.out / "log.parquet")
         write_parquet(pd.DataFrame(self.curve), self.out / "curve.parquet")
-        self.backbone.save_lora(self.out / "lora")  # last: its presence marks a finished run
+        with self.published():
+            self.backbone.save_lora(self.out / "lora")  # last: its presence marks a finished run
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -23,7 +23,8 @@ from . import regularizers
 from .backbones.base import Backbone
 from .creative import cosine_distances, exploration_bonus, mix
 from .distributed import Collective, SingleProcess
-from .grpo import clipped_loss, group_advantages
+from .ema import EMA, EmaSettings
+from .grpo import advantage_scale, clipped_loss, group_advantages
 from .metrics import mean_pairwise
 from .sampling import Rollout, sample_rollout
 from .sde import sde_step
@@ -59,12 +60,14 @@ class TrainSettings:
     adv_clip: float = 5.0
     global_std: bool = False
     timestep_fraction: float = 0.99
-    minibatches: int = 1
+    minibatches: int = 1  # optimizer steps per iteration: the algorithm
+    micro_batch: int | None = None  # samples per transformer forward (rollout, train, decode): memory only
     max_grad_norm: float = 1.0
     train_steps: int = 8
     guidance_scale: float = 1.0
     noise_level: float = 0.7
     sde_type: str = "sde"
+    ema: EmaSettings | None = None  # evaluate and save an EMA of the LoRA (Flow-GRPO's); None: the raw weights
 
     @property
     def trained_steps(self) -> int:
@@ -154,12 +157,13 @@ SINGLE_PROCESS = SingleProcess()
 
 def score(
     rollout: Rollout, reward: Reward, embedder: Embedder, creative: CreativeSettings | None,
-    collective: Collective = SINGLE_PROCESS,
+    collective: Collective = SINGLE_PROCESS, *, global_std: bool = False,
 ) -> Scores:
     """Quality per image, then (DiverseGRPO) the group-level exploration bonus mixed in.
 
     Each process scores and embeds its own images; the quality and the features are gathered, so that
-    the bonus and the diversity are those of whole groups, the same on every process."""
+    the bonus and the diversity are those of whole groups, the same on every process. The standardised mix
+    measures the bonus in the unit the advantages divide quality by (`global_std` as in group_advantages)."""
     layout = BatchLayout.of(rollout.group_ids, collective)
     prompts = layout.prompts(rollout.group_ids, rollout.prompts)
     quality = layout.whole(reward(rollout.images, rollout.prompts).float().cpu(), collective)  # (B,)
@@ -169,11 +173,12 @@ def score(
     if creative is None:
         return Scores(quality, quality, None, diversity, float("nan"), layout, prompts)
     rewards, bonus, clusters = quality.clone(), torch.empty_like(quality), []
+    unit = advantage_scale(quality, layout.group_ids, global_std).float()  # (B,)
     for g, d in zip(torch.unique(layout.group_ids), distances):
         members = layout.group_ids == g
         out = exploration_bonus(d, k=creative.k, sigma=creative.sigma, knn=creative.knn, k_max=creative.k_max)
         bonus[members] = out.bonus
-        rewards[members] = mix(quality[members], out.bonus, creative.beta, creative.mix)
+        rewards[members] = mix(quality[members], out.bonus, creative.beta, creative.mix, unit[members])
         clusters.append(out.num_clusters)
     check_finite("reward after the creative bonus", rewards, prompts)
     return Scores(quality, rewards, bonus, diversity, float(np.mean(clusters)), layout, prompts)
@@ -195,65 +200,96 @@ def train_on_rollout(
     settings: TrainSettings,
     generator: torch.Generator,
     collective: Collective = SINGLE_PROCESS,
+    ema: EMA | None = None,
 ) -> StepStats:
     """Rescore the stored trajectories under the current policy: clipped loss + regulariser per step,
-    gradients accumulated over the trained steps of a minibatch, one optimizer step per minibatch.
+    one optimizer step per minibatch, its gradient accumulated over micro-batches of `settings.micro_batch`
+    samples (a memory setting: any micro-batch gives the minibatch's gradient) and over the trained steps.
 
-    `rollout` and `advantages` are this process's own samples. Every process holds as many, so each
-    makes the same number of minibatches of equal size: the average of their gradients is the gradient
-    of the mean loss over the union, which is the minibatch one process would have trained on."""
-    batch = advantages.shape[0]
-    order = torch.randperm(batch, generator=generator)
-    totals, n = StepStats(), 0
+    `rollout` and `advantages` are this process's own samples, on the backbone's device. Every process holds
+    as many, so each makes the same number of minibatches of equal size: the average of their gradients is
+    the gradient of the mean loss over the union, which is the minibatch one process would have trained on.
+    Host syncs: one per trained step (the finiteness check and the statistics), one per optimizer step."""
     device = rollout.latents.device
+    _same_device(device, advantages=advantages, log_probs=rollout.log_probs, sigmas=rollout.sigmas,
+                 embeds=rollout.cond.embeds)
+    order = torch.randperm(advantages.shape[0], generator=generator)  # (b,) on CPU: the generator's stream
+    sums = np.zeros(4)  # policy_loss, regularizer, clipfrac, approx_kl: per-step means, summed
+    grad_norm = 0.0  # mean over the optimizer steps
     for minibatch in order.chunk(settings.minibatches):
-        minibatch = minibatch.to(device)
-        cond = rollout.cond[minibatch]
-        for j in range(settings.trained_steps):
-            x, x_next = rollout.latents[j, minibatch], rollout.latents[j + 1, minibatch]
-            sigma, sigma_next = rollout.sigmas[j], rollout.sigmas[j + 1]
-            v = backbone.velocity(x, sigma, cond, settings.guidance_scale)
-            step = sde_step(x, v, sigma, sigma_next, settings.noise_level, prev_sample=x_next, sde_type=settings.sde_type)
-            policy = clipped_loss(advantages[minibatch].to(device), step.log_prob, rollout.log_probs[j, minibatch], settings.clip_range)
-            ref_mean = None
-            if regularizers.needs_reference(method.regularizer, j, method.sa_steps):
-                with torch.no_grad(), backbone.adapter_disabled():
-                    v_ref = backbone.velocity(x, sigma, cond, settings.guidance_scale)
-                    ref_mean = sde_step(x, v_ref, sigma, sigma_next, settings.noise_level, prev_sample=x_next, sde_type=settings.sde_type).mean
-            reg_per_sample = regularizers.penalty(method.regularizer, step.mean, ref_mean, step.std, j, method.sa_steps)
-            reg = reg_per_sample.mean()
-            loss = policy.loss + method.reg_weight * reg
-            if not torch.isfinite(loss):
-                per_sample = step.log_prob.detach() + reg_per_sample.detach()
-                bad = minibatch[~torch.isfinite(per_sample.cpu())].tolist() or minibatch.tolist()
-                detail = ", ".join(f"#{i} {rollout.prompts[i]!r}" for i in bad[:8])
-                raise FloatingPointError(
-                    f"non-finite loss at step {j} (policy {policy.loss.item()}, regulariser {reg.item()}); "
-                    f"{len(bad)} sample(s): {detail}"
-                )
-            (loss / settings.trained_steps).backward()
-            totals.policy_loss += policy.loss.item()
-            totals.regularizer += reg.item()
-            totals.clipfrac += policy.clipfrac.item()
-            totals.approx_kl += policy.approx_kl.item()
-            n += 1
-        average_gradients(backbone.lora_parameters(), collective)
-        grad_norm = torch.nn.utils.clip_grad_norm_(backbone.lora_parameters(), settings.max_grad_norm)
-        if not torch.isfinite(grad_norm):
-            prompts = sorted({rollout.prompts[i] for i in minibatch.tolist()})
-            raise FloatingPointError(f"non-finite gradient norm on a minibatch with prompts {prompts[:8]}; no optimizer step taken")
-        totals.grad_norm += float(grad_norm) / settings.minibatches
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    names = ("policy_loss", "regularizer", "clipfrac", "approx_kl")
+        for chunk in minibatch.split(settings.micro_batch or len(minibatch)):
+            sums += accumulate_gradients(backbone, rollout, advantages, chunk, len(chunk) / len(minibatch), method, settings)
+        grad_norm += optimizer_step(backbone, optimizer, collective, settings.max_grad_norm, rollout, minibatch, ema) / settings.minibatches
     if collective.world_size > 1:  # means over equal-sized shares: their average is the whole batch's
-        sums = torch.tensor([getattr(totals, name) for name in names], dtype=torch.float64)
-        collective.mean_([sums])
-        for name, value in zip(names, sums.tolist()):
-            setattr(totals, name, value)
-    for name in names:
-        setattr(totals, name, getattr(totals, name) / n)
-    return totals
+        shared = torch.from_numpy(sums)
+        collective.mean_([shared])
+        sums = shared.numpy()
+    means = sums / (settings.minibatches * settings.trained_steps)
+    return StepStats(*means.tolist(), grad_norm=grad_norm)
+
+
+def accumulate_gradients(
+    backbone: Backbone, rollout: Rollout, advantages: torch.Tensor, chunk: torch.Tensor, weight: float,
+    method: MethodSettings, settings: TrainSettings,
+) -> np.ndarray:
+    """Backward of `weight` x the chunk's mean loss, averaged over the trained steps (weight: the chunk's share
+    of its minibatch, so that the chunks' gradients add up to the minibatch's). Returns (4,) the per-step
+    statistics summed over the steps, weighted alike."""
+    index = chunk.to(rollout.latents.device)  # (c,) moved once; `chunk` stays on CPU for messages
+    cond, adv, sums = rollout.cond[index], advantages[index], np.zeros(4)
+    for j in range(settings.trained_steps):
+        x, x_next = rollout.latents[j, index], rollout.latents[j + 1, index]
+        sigma, sigma_next = rollout.sigmas[j], rollout.sigmas[j + 1]
+        v = backbone.velocity(x, sigma, cond, settings.guidance_scale)
+        step = sde_step(x, v, sigma, sigma_next, settings.noise_level, prev_sample=x_next, sde_type=settings.sde_type)
+        policy = clipped_loss(adv, step.log_prob, rollout.log_probs[j, index], settings.clip_range)
+        ref_mean = None
+        if regularizers.needs_reference(method.regularizer, j, method.sa_steps):
+            with torch.no_grad(), backbone.adapter_disabled():
+                v_ref = backbone.velocity(x, sigma, cond, settings.guidance_scale)
+                ref_mean = sde_step(x, v_ref, sigma, sigma_next, settings.noise_level, prev_sample=x_next, sde_type=settings.sde_type).mean
+        reg_per_sample = regularizers.penalty(method.regularizer, step.mean, ref_mean, step.std, j, method.sa_steps)
+        reg = reg_per_sample.mean()
+        loss = policy.loss + method.reg_weight * reg
+        values = torch.stack([loss, policy.loss, reg, policy.clipfrac, policy.approx_kl]).detach().double().cpu().numpy()
+        if not np.isfinite(values[0]):  # before backward: a NaN must never reach the gradients
+            _raise_non_finite(j, values, step.log_prob.detach() + reg_per_sample.detach(), chunk, rollout.prompts)
+        (loss * weight / settings.trained_steps).backward()  # weight 1: bit-identical to loss / steps
+        sums += weight * values[1:]
+    return sums
+
+
+def _raise_non_finite(j: int, values: np.ndarray, per_sample: torch.Tensor, chunk: torch.Tensor, prompts: list[str]):
+    bad = chunk[~torch.isfinite(per_sample.cpu())].tolist() or chunk.tolist()
+    detail = ", ".join(f"#{i} {prompts[i]!r}" for i in bad[:8])
+    raise FloatingPointError(
+        f"non-finite loss at step {j} (policy {values[1]}, regulariser {values[2]}); {len(bad)} sample(s): {detail}"
+    )
+
+
+def optimizer_step(
+    backbone: Backbone, optimizer: torch.optim.Optimizer, collective: Collective, max_grad_norm: float,
+    rollout: Rollout, minibatch: torch.Tensor, ema: EMA | None,
+) -> float:
+    """Average the gradients over processes, clip, step (and update the EMA); returns the gradient norm."""
+    average_gradients(backbone.lora_parameters(), collective)
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(backbone.lora_parameters(), max_grad_norm))
+    if not np.isfinite(grad_norm):
+        prompts = sorted({rollout.prompts[i] for i in minibatch.tolist()})
+        raise FloatingPointError(f"non-finite gradient norm on a minibatch with prompts {prompts[:8]}; no optimizer step taken")
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if ema is not None:
+        ema.update(backbone.lora_parameters())
+    return grad_norm
+
+
+def _same_device(device: torch.device, **tensors: torch.Tensor) -> None:
+    """Everything an iteration indexes lives on the backbone's device: a CPU tensor indexed with a CUDA
+    index (or the reverse) fails only on a GPU, so fail here, on any machine, naming the tensor."""
+    wrong = {name: str(t.device) for name, t in tensors.items() if t.device != device}
+    if wrong:
+        raise ValueError(f"tensors of the iteration must be on the backbone's device {device}; found {wrong}")
 
 
 def average_gradients(parameters: list[torch.nn.Parameter], collective: Collective) -> None:
@@ -278,6 +314,7 @@ def grpo_iteration(
     generator: torch.Generator,
     rollout_statistics: Callable[[torch.Tensor, list[str]], dict] | None = None,
     collective: Collective = SINGLE_PROCESS,
+    ema: EMA | None = None,
 ) -> IterationLog:
     """sample -> score -> advantages -> train; returns the iteration's log.
 
@@ -289,17 +326,17 @@ def grpo_iteration(
     clock = _Clock()
     rollout = sample_rollout(
         backbone, prompts, local_group, settings.train_steps, settings.guidance_scale,
-        settings.noise_level, generator, settings.sde_type,
+        settings.noise_level, generator, settings.sde_type, settings.micro_batch,
     )
     clock.lap("sample")
-    scores = score(rollout, reward, embedder, method.creative, collective)
+    scores = score(rollout, reward, embedder, method.creative, collective, global_std=settings.global_std)
     advantages = group_advantages(scores.rewards, scores.layout.group_ids, settings.global_std, settings.adv_clip)
     extra = {}
     if rollout_statistics:  # the images travel only for these statistics (the toy world's small ones)
         extra = rollout_statistics(scores.layout.whole(rollout.images, collective), scores.prompts)
     clock.lap("score")
-    own = advantages[scores.layout.own]  # (b,) this process's samples, in its rollout's order
-    stats = train_on_rollout(backbone, optimizer, rollout, own, method, settings, generator, collective)
+    own = advantages[scores.layout.own].to(rollout.latents.device)  # (b,) this process's samples, moved once
+    stats = train_on_rollout(backbone, optimizer, rollout, own, method, settings, generator, collective, ema)
     clock.lap("train")
     return IterationLog(
         reward_mean=float(scores.quality.mean()),

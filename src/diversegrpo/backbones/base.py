@@ -78,7 +78,9 @@ class Backbone(ABC):
         return torch.randn((n, *self.latent_shape), generator=generator).to(self.device)
 
     def sigmas(self, num_steps: int) -> torch.Tensor:
-        """(num_steps + 1,) from 1 to 0 with the model's shift."""
+        """(num_steps + 1,) from 1 to 0: linspace(1, 0, num_steps + 1) with the model's shift. The toy
+        backbone's schedule; the diffusers backbones override this with their own scheduler's
+        (backbones/sd3.py: DiffusersBackbone.sigmas)."""
         return sigma_schedule(num_steps, self.shift).to(self.device)
 
     # ----- the model ------------------------------------------------------------------------------
@@ -149,6 +151,22 @@ class Backbone(ABC):
                 tmp, transformer_lora_layers=state, safe_serialization=True, transformer_lora_adapter_metadata=metadata
             )
         return Path(directory) / LORA_WEIGHTS
+
+    def check_lora_saving(self) -> None:
+        """Fail before training when the installed diffusers cannot write the adapter as `save_lora` does
+        (diffusers < 0.34 has no `transformer_lora_adapter_metadata`): otherwise the save fails after the last
+        iteration, and again on every resume."""
+        import inspect
+
+        save = self.lora_pipeline_class.save_lora_weights
+        if "transformer_lora_adapter_metadata" not in inspect.signature(save).parameters:
+            import diffusers
+
+            raise ImportError(
+                f"diffusers {diffusers.__version__} cannot save LoRA adapters with their alpha "
+                f"({self.lora_pipeline_class.__name__}.save_lora_weights has no transformer_lora_adapter_metadata); "
+                "install diffusers>=0.34 (pip install -U 'diffusers>=0.34')"
+            )
 
     def load_lora(self, directory: str | os.PathLike) -> None:
         """Load an adapter written by `save_lora` (replacing any attached adapter)."""
