@@ -73,6 +73,12 @@ BAD_CONFIGS = [
     ("eval fraction 1", {"captions": {"eval_fraction": 1}}, "captions.eval_fraction: 1 is greater than or equal to the maximum of 1"),
     ("missing caption file", {"captions": {"source": "prompts/missing.txt"}}, "missing.txt' does not exist"),
     ("caption file of unknown type", {"captions": {"source": "prompts.json"}}, "captions.source: 'prompts.json' must be 'toy' or a file ending in ['.txt', '.csv', '.parquet']"),
+    ("eval source and eval fraction both set", {"captions": {"source": "data/pickscore/train.txt", "eval_source": "data/pickscore/test.txt"}}, "captions.eval_fraction: 0.25 is not used when captions.eval_source is set"),
+    ("neither eval source nor eval fraction", {"captions": {"eval_fraction": None}}, "captions.eval_fraction: a number in (0, 1) is required unless captions.eval_source is set"),
+    ("eval source beside the toy world", {"captions": {"eval_source": "data/pickscore/test.txt", "eval_fraction": None}}, "captions.eval_source: needs captions.source to be a prompt file"),
+    ("missing eval file", {"captions": {"source": "data/pickscore/train.txt", "eval_source": "prompts/missing_eval.txt", "eval_fraction": None}}, "captions.eval_source: file"),
+    ("eval file of unknown type", {"captions": {"source": "data/pickscore/train.txt", "eval_source": "test.json", "eval_fraction": None}}, "captions.eval_source: 'test.json' must be a file ending in ['.txt', '.csv', '.parquet']"),
+    ("the removed prompt length limit", {"captions": {"max_prompt_chars": 300}}, "captions: Additional properties are not allowed ('max_prompt_chars' was unexpected)"),
     ("paper backbone without weights", {"backbones": {"sd3": {**SD3, "model": ""}}, "runs": {"backbones": ["sd3"]}}, "backbones.sd3.model: a local directory or Hugging Face id is required for kind 'sd3'"),
     ("grid wider than the samples", {"report": {"grid_images": 17}}, "report.grid_images: 17 exceeds sample.images_per_prompt 16"),
     ("grid taller than the prompts", {"report": {"grid_prompts": 5}}, "report.grid_prompts: 5 exceeds the 4 sampled evaluation prompts"),
@@ -97,7 +103,7 @@ def test_messages_are_distinct():
 def test_shipped_configs_are_valid():
     C.validate(BASE, root=ROOT)
     C.validate(C.deep_merge(BASE, C.load(ROOT / "config/tiny.yaml")), root=ROOT)
-    C.validate(C.load(ROOT / "config/paper.yaml"), root=ROOT)  # with its shipped stand-in prompt file
+    C.validate(C.load(ROOT / "config/paper.yaml"), root=ROOT)  # with its shipped Pick-a-Pic prompt files
     oracle = C.deep_merge(BASE, C.load(ROOT / "config/oracle.yaml"))
     C.validate(oracle, root=ROOT)
     assert oracle["rewards"]["oracle"]["kind"] == "toy_oracle" and "colour" in oracle["rewards"]  # merged, not replaced
@@ -105,11 +111,12 @@ def test_shipped_configs_are_valid():
 
 def test_paper_config_is_valid_with_its_prompt_file(tmp_path):
     paper = C.load(ROOT / "config/paper.yaml")
-    prompts = tmp_path / paper["captions"]["source"]
+    prompts, held_out = tmp_path / paper["captions"]["source"], tmp_path / paper["captions"]["eval_source"]
     prompts.parent.mkdir(parents=True)
     prompts.write_text("\n".join(f"prompt number {i}" for i in range(400)))
+    held_out.write_text("\n".join(f"held-out prompt {i}" for i in range(100)))
     C.validate(paper, root=tmp_path)
-    prompts.write_text("one prompt\nanother\na third\n")  # 2 train and 1 held-out prompt after the split
+    prompts.write_text("one prompt\nanother\nheld-out prompt 7\n")  # 2 train: the third is an evaluation prompt
     with pytest.raises(C.ConfigError) as error:
         C.validate(paper, root=tmp_path)
     wanted = f"train.prompts_per_iteration: {paper['train']['prompts_per_iteration']} exceeds the 2 training prompts"
@@ -131,17 +138,12 @@ def _parquet(rows) -> bytes:
     return buffer.getvalue()
 
 
-LONG = "a " + "very " * 60 + "long prompt"
 # (id, file name, bytes, distinctive part of the message)
 BAD_CAPTIONS = [
     ("empty txt", "p.txt", b"", "holds no prompts"),
     ("blank lines only", "p.txt", b"\n  \n\t\n", "holds no prompts (empty, or only blank lines)"),
-    ("duplicate prompts", "p.txt", b"a cat\na dog\na cat\n", "1 duplicate prompt(s), e.g. 'a cat' (lines 1 and 3)"),
-    ("duplicates after stripping", "p.txt", b"a cat\n  a cat  \n", "'a cat' (lines 1 and 2)"),
-    ("duplicates after NFC", "p.txt", "caf\u00e9\ncafe\u0301\n".encode(), "'café' (lines 1 and 2)"),
     ("latin-1 txt", "p.txt", "a red caf\u00e9\n".encode("latin-1"), "is not UTF-8 (byte 9): re-encode it as UTF-8"),
     ("latin-1 csv", "p.csv", "prompt\na caf\u00e9 on a street\n".encode("latin-1"), "is not UTF-8 (byte 12)"),
-    ("over-long prompt", "p.txt", f"short\n{LONG}\n".encode(), f"line 2 is {len(LONG)} characters long, over the limit of 300 (captions.max_prompt_chars)"),
     ("csv without a prompt column", "p.csv", b"text\na cat\n", "needs a 'prompt' column; found ['text']"),
     ("parquet without a prompt column", "p.parquet", _parquet({"caption": ["a cat"]}), "needs a 'prompt' column; found ['caption']"),
     ("parquet null prompt", "p.parquet", _parquet({"prompt": ["a cat", None]}), "row 2 has no prompt (null)"),
@@ -149,7 +151,6 @@ BAD_CAPTIONS = [
     ("parquet non-UTF-8 bytes", "p.parquet", _parquet({"prompt": [b"ok", b"caf\xe9"]}), "row 2 is not UTF-8 (byte 3)"),
     ("NUL byte in a txt", "p.txt", b"a cat\na d\x00og\n", "line 2 holds control character U+0000"),
     ("csv cell spanning lines", "p.csv", b'prompt\n"a cat\non a mat"\n', "row 1 holds control character U+000A"),
-    ("csv duplicate", "p.csv", b"prompt,id\na cat,1\na cat,2\n", "'a cat' (rows 1 and 2)"),
     ("empty csv", "p.csv", b"", "is not a readable CSV"),
     ("broken parquet", "p.parquet", b"PAR1 this is not parquet", "is not a readable Parquet file"),
     ("unknown suffix", "p.json", b'["a cat"]', "must end in .txt, .csv or .parquet"),
@@ -181,16 +182,41 @@ def test_caption_normalisation_is_as_documented(tmp_path):
     parquet = tmp_path / "p.parquet"
     parquet.write_bytes(_parquet({"prompt": ["a cat", "  ", b"a dog"]}))
     assert read_prompts(parquet) == ["a cat", "a dog"]
-    assert read_prompts(path, max_chars=10) == ["a red  cat", "caf\u00e9", "a dog"]  # 10 characters is allowed
+
+
+# (id, file name, bytes, the prompts read: long ones whole, repeats kept here and dropped, counted, by the stage)
+GOOD_CAPTIONS = [
+    ("a prompt over 300 characters", "p.txt", ("a " + "very " * 60 + "long prompt\nshort\n").encode(), ["a " + "very " * 60 + "long prompt", "short"]),
+    ("duplicate prompts", "p.txt", b"a cat\na dog\na cat\n", ["a cat", "a dog", "a cat"]),
+    ("duplicates after stripping", "p.txt", b"a cat\n  a cat  \na dog\n", ["a cat", "a cat", "a dog"]),
+    ("duplicates after NFC", "p.txt", "caf\u00e9\ncafe\u0301\ntea\n".encode(), ["caf\u00e9", "caf\u00e9", "tea"]),
+    ("csv duplicate", "p.csv", b"prompt,id\na cat,1\na cat,2\na dog,3\n", ["a cat", "a cat", "a dog"]),
+]
+
+
+@pytest.mark.parametrize("name, data, prompts", [c[1:] for c in GOOD_CAPTIONS], ids=[c[0] for c in GOOD_CAPTIONS])
+def test_caption_file_read_as_is(tmp_path, name, data, prompts):
+    """Fails before: an over-long prompt and a repeated one were errors."""
+    from diversegrpo.stages.captions import choose, read_prompt_file
+
+    path = tmp_path / name
+    path.write_bytes(data)
+    assert read_prompts(path) == prompts
+    chosen = choose(read_prompt_file(path), None, 0.5, 0)
+    assert sorted(chosen.train + chosen.eval) == sorted(set(prompts))
+    assert f"{len(prompts) - len(set(prompts))} duplicate(s) dropped" in chosen.notes[0]
 
 
 def test_bad_caption_file_fails_config_validation(tmp_path):
     """The config check reads the user's file: a broken one fails before the caption stage runs."""
-    (tmp_path / "prompts.txt").write_text("a cat\na dog\na cat\n")
+    (tmp_path / "prompts.txt").write_bytes(b"a cat\na d\x00og\n")
     config = C.deep_merge(BASE, {"captions": {"source": "prompts.txt"}, "backbones": {"sd3": SD3},
                                  "rewards": {"clip": {"kind": "clipscore"}}, "features": {"kind": "dreamsim"},
                                  "runs": {"backbones": ["sd3"], "rewards": ["clip"]}})
-    with pytest.raises(C.ConfigError, match=r"captions.source: caption file .*prompts.txt: 1 duplicate prompt"):
+    with pytest.raises(C.ConfigError, match=r"captions.source: caption file .*prompts.txt: line 2 holds control character U\+0000"):
+        C.validate(config, root=tmp_path)
+    (tmp_path / "prompts.txt").write_text("a cat\n  a cat \n")  # one distinct prompt: nothing to hold out
+    with pytest.raises(C.ConfigError, match=r"captions.source: caption file .*prompts.txt holds 1 distinct prompt; at least 2"):
         C.validate(config, root=tmp_path)
     (tmp_path / "prompts.txt").write_text("\n".join(f"prompt {i}" for i in range(40)))
     C.validate(config, root=tmp_path)
