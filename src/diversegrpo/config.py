@@ -263,7 +263,7 @@ def run_spec(config: dict, backbone: str, reward: str, method: str, backbone_dir
     spec_backbone = {**b, **({"path": backbone_dir} if backbone_dir else {})}
     settings = {k: train[k] for k in (
         "prompts_per_iteration", "group_size", "lr", "clip_range", "adv_clip", "global_std",
-        "timestep_fraction", "minibatches", "max_grad_norm") if k in train}
+        "timestep_fraction", "minibatches", "micro_batch", "max_grad_norm", "ema") if k in train}
     settings.update({k: b[k] for k in ("train_steps", "guidance_scale", "noise_level") if k in b})
     settings["sde_type"] = b.get("sde_type", "sde")
     # Several processes change the run's random streams, hence its results: they join the spec. One process,
