@@ -74,7 +74,13 @@ class ToyBackbone(Backbone):
     lora_targets = LORA_TARGETS
 
     def __init__(self, config: ToyConfig | None = None, device: str | torch.device = "cpu"):
-        from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
+        # The LoRA writer is SD3LoraLoaderMixin, the class that defines StableDiffusion3Pipeline's
+        # save_lora_weights (the very same function: same file bytes). Importing the model has already
+        # loaded it, whereas importing the pipeline loads diffusers.pipelines and transformers' CLIP / T5
+        # models, 0.15-0.5 s per job that no toy job uses (benchmarks/job_overhead.py; kept out by
+        # tests/test_imports.py).
+        from diffusers import SD3Transformer2DModel
+        from diffusers.loaders.lora_pipeline import SD3LoraLoaderMixin
 
         self.config = config or ToyConfig()
         self.device = torch.device(device)
@@ -82,7 +88,7 @@ class ToyBackbone(Backbone):
         self.text_encoder = ToyTextEncoder(self.config.text_dim).to(self.device)
         self.latent_shape = (3, self.config.image_size, self.config.image_size)
         self.shift = self.config.shift
-        self.lora_pipeline_class = StableDiffusion3Pipeline
+        self.lora_pipeline_class = SD3LoraLoaderMixin
 
     # ----- the adapter interface -------------------------------------------------------------
     def encode_prompts(self, prompts: list[str]) -> Conditioning:
