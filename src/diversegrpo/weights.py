@@ -22,6 +22,9 @@ PICKSCORE_MODEL = "yuvalkirstain/PickScore_v1"
 CLIPSCORE_MODEL = "openai/clip-vit-large-patch14"
 HPSV3_BASE = "Qwen/Qwen2-VL-7B-Instruct"
 HPSV3_CHECKPOINT = "MizzenAI/HPSv3"
+# What HPSv3 reads from its base model: config, tokenizer, image processor and chat template, not the
+# weights (HPSv3.safetensors holds the whole fine-tuned model).
+HPSV3_BASE_FILES = ["config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json"]
 IMAGEREWARD_MODEL = "THUDM/ImageReward"
 IMAGEREWARD_TEXT = "bert-base-uncased"
 DREAMSIM_CACHE = "~/.cache/dreamsim"
@@ -119,7 +122,7 @@ def requirements(section: str, name: str, spec: dict) -> list[Requirement]:
     if kind == "clipscore":
         return [hub("model", CLIPSCORE_MODEL)]
     if kind == "hpsv3":
-        return [hub("base_model", HPSV3_BASE), hub("checkpoint_repo", HPSV3_CHECKPOINT, [spec.get("checkpoint", "HPSv3.safetensors")])]
+        return [hub("base_model", HPSV3_BASE, HPSV3_BASE_FILES), hub("checkpoint_repo", HPSV3_CHECKPOINT, [spec.get("checkpoint", "HPSv3.safetensors")])]
     if kind == "imagereward":
         return [hub("model", IMAGEREWARD_MODEL, ["ImageReward.pt", "med_config.json"]), hub("text_model", IMAGEREWARD_TEXT)]
     if kind == "dreamsim":
