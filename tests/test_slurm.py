@@ -3,7 +3,9 @@
 Runs the tiny config through `--executor slurm --workflow-profile workflow/profiles/slurm` in a copy of
 the repository, then checks with `sacct` that every job of a non-local rule ran as its own SLURM job,
 and that `--forcerun` on one training run resubmits exactly that run's train/sample/evaluate jobs (and
-reruns the report locally), nothing else.
+reruns the report locally), nothing else. A second test gives the train job a 1-minute time limit on a
+run that needs longer: SLURM kills it (TIMEOUT), the profile's retries resubmit it, it resumes from its
+checkpoint, and the pipeline finishes with a log bit-identical to an uninterrupted run's.
 
 Needs root and the Debian packages of ci/slurm/install.sh. Without them the test skips locally; in CI
 (CI=true) it fails instead, so a broken install can never pass as green.
@@ -18,7 +20,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
+
+import pandas as pd
 
 import pytest
 import yaml
@@ -81,10 +86,10 @@ def _comment(rule: str, wildcards: str) -> str:
 
 def _sacct(env: dict) -> list[dict]:
     out = subprocess.run(
-        ["sacct", "-a", "-X", "-n", "-P", "-S", "2000-01-01", "-o", "JobID,JobName%80,Comment%200,State,ExitCode"],
+        ["sacct", "-a", "-X", "-n", "-P", "-S", "2000-01-01", "-o", "JobID,JobName%80,Comment%200,State,ExitCode,ElapsedRaw"],
         env=env, check=True, capture_output=True, text=True, timeout=60,
     ).stdout
-    keys = ["id", "name", "comment", "state", "exit"]
+    keys = ["id", "name", "comment", "state", "exit", "seconds"]
     return [dict(zip(keys, line.split("|"))) for line in out.splitlines() if line.strip()]
 
 
@@ -111,14 +116,15 @@ def cluster():
         subprocess.run(_as_root([str(REPO / "ci/slurm/stop.sh"), str(state), "--purge"]), env=env, timeout=300)
 
 
-def _snakemake(workdir: Path, env: dict, *extra: str) -> subprocess.CompletedProcess:
+def _snakemake(workdir: Path, env: dict, *extra: str, configfiles=("config/tiny.yaml", "matrix.yaml"),
+               profile: str = "workflow/profiles/slurm", timeout: int = 900) -> subprocess.CompletedProcess:
     cmd = [
-        str(BIN / "snakemake"), "--configfile", "config/tiny.yaml", "matrix.yaml",
-        "--executor", "slurm", "--workflow-profile", "workflow/profiles/slurm",
+        str(BIN / "snakemake"), "--configfile", *configfiles,
+        "--executor", "slurm", "--workflow-profile", profile,
         "--slurm-init-seconds-before-status-checks", "1",  # the profile's 20 s, per job, is for real clusters
         *extra,
     ]
-    proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         slurm_logs = sorted((workdir / ".snakemake" / "slurm_logs").rglob("*.log"))
         tails = "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in slurm_logs[-3:])
@@ -128,6 +134,7 @@ def _snakemake(workdir: Path, env: dict, *extra: str) -> subprocess.CompletedPro
 
 def test_every_stage_runs_as_a_slurm_job_and_forcerun_resubmits_one_run(cluster, tmp_path):
     env = cluster
+    before = {j["id"] for j in _sacct(env)}  # jobs of other tests on the module's cluster
     work = tmp_path / "repo"
     work.mkdir()
     copy_repo(work)
@@ -147,7 +154,7 @@ def test_every_stage_runs_as_a_slurm_job_and_forcerun_resubmits_one_run(cluster,
     )
     remote = collections.Counter(_comment(r, w) for r, w, is_local in ran if not is_local)
 
-    acct = _sacct(env)
+    acct = [j for j in _sacct(env) if j["id"] not in before]
     runs = {j["name"] for j in acct}
     assert len(runs) == 1, f"one snakemake run, one SLURM job name (its run id), got {runs}"
     bad = [j for j in acct if j["state"] != "COMPLETED" or j["exit"] != "0:0"]
@@ -177,7 +184,7 @@ def test_every_stage_runs_as_a_slurm_job_and_forcerun_resubmits_one_run(cluster,
     )
     assert reran == expected, f"--forcerun {target}: ran {dict(reran)}, expected {dict(expected)}"
 
-    acct2 = [j for j in _sacct(env) if j["name"] not in runs]
+    acct2 = [j for j in _sacct(env) if j["name"] not in runs and j["id"] not in before]
     assert all(j["state"] == "COMPLETED" for j in acct2), acct2
     resubmitted = collections.Counter(j["comment"] for j in acct2)
     assert resubmitted == collections.Counter(
@@ -185,3 +192,113 @@ def test_every_stage_runs_as_a_slurm_job_and_forcerun_resubmits_one_run(cluster,
     ), f"resubmitted SLURM jobs: {dict(resubmitted)}"
     changed = [str(p) for p, t in others.items() if p.stat().st_mtime_ns != t]
     assert not changed, f"outputs of other runs were rewritten: {changed[:10]}"
+
+
+# --- time limits ---------------------------------------------------------------------------------------
+# One run whose training needs longer than the train job's time limit (1 minute, SLURM's smallest).
+TIME_LIMIT_MATRIX = {"runs": {"backbones": ["toy"], "rewards": ["colour"], "methods": ["diverse_grpo"]}}
+RUN = ("toy", "colour", "diverse_grpo")
+TRAIN_COMMENT = _comment("train", "_".join(RUN))
+# slurmctld enforces time limits every 30 s (PERIODIC_TIMEOUT), so a 1-minute job is killed 60-90 s after
+# it starts. The run is sized to TRAIN_SECONDS of timed training work on this machine (measured first;
+# the job's wall time is longer: start-up, evaluations, checkpoints), so the first job cannot finish in
+# 90 s while the second, resuming past half of it, usually can (a third is allowed: the profile retries).
+TRAIN_SECONDS = 100
+CALIBRATION_ITERATIONS = 30
+LORA = "lora/pytorch_lora_weights.safetensors"
+RESUMED = re.compile(r"resumed from \S*checkpoints/state\.pt at iteration (\d+)")
+SUBMITTED = re.compile(r"^Job (\d+) has been submitted with SLURM jobid (\d+) \(log: \S*/rule_(\w+)/", re.M)
+
+
+def _long_train(iterations: int) -> dict:
+    """config/tiny.yaml's run, heavier per iteration (4 prompts x 8 images) and `iterations` long, with
+    ~20 checkpoints and a few held-out evaluations (the curve must survive the resume too)."""
+    return {"train": {"prompts_per_iteration": 4, "group_size": 8, "iterations": iterations,
+                      "checkpoint_every": max(1, iterations // 20), "eval_every": max(1, iterations // 4)}}
+
+
+def _local_snakemake(workdir: Path, env: dict, *args: str) -> None:
+    cmd = [str(BIN / "snakemake"), "--workflow-profile", "workflow/profiles/default", "--cores", "2", *args]
+    proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stderr[-6000:]}"
+
+
+def _train(workdir: Path, env: dict, run_config: Path, out: Path, nice: int = 0) -> subprocess.Popen:
+    cmd = [str(BIN / "python"), "-m", "diversegrpo.train", "--run-config", str(run_config), "--out", str(out)]
+    return subprocess.Popen(["nice", "-n", str(nice), *cmd], cwd=workdir, env=env, text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def test_a_train_job_past_its_time_limit_is_resubmitted_and_resumes(cluster, tmp_path):
+    env, started = cluster, time.monotonic()
+    before = {j["id"] for j in _sacct(env)}  # jobs of other tests on the module's cluster
+    work = tmp_path / "repo"
+    work.mkdir()
+    copy_repo(work)
+    (work / "matrix.yaml").write_text(yaml.safe_dump(TIME_LIMIT_MATRIX))
+    overlay = work / "long_train.yaml"
+    configs = ["config/tiny.yaml", "matrix.yaml", overlay.name]
+    run_config = work / "results/runs" / Path(*RUN) / "config.json"
+
+    # --- locally: captions, the toy backbone and the run's config; then the run's speed here ------------
+    overlay.write_text(yaml.safe_dump(_long_train(CALIBRATION_ITERATIONS)))
+    _local_snakemake(work, env, "--configfile", *configs, "--until", "backbone", "run_config")
+    calibration = _train(work, env, run_config, tmp_path / "calibration")
+    _, err = calibration.communicate(timeout=300)
+    assert calibration.returncode == 0, f"calibration run failed:\n{err[-4000:]}"
+    timings = pd.read_parquet(tmp_path / "calibration/timings.parquet")
+    per_iteration = float(timings.filter(like="seconds_").sum(axis=1).mean())
+    iterations = max(100, round(TRAIN_SECONDS / per_iteration))
+    overlay.write_text(yaml.safe_dump(_long_train(iterations)))
+    _local_snakemake(work, env, "--configfile", *configs, "--until", "run_config")  # the run's final config
+
+    # --- the uninterrupted reference, beside the cluster run but niced: the train jobs' speed is what the
+    # calibration measured, and the reference takes the CPU they leave ------------------------------------
+    reference_out = tmp_path / "reference"
+    reference = _train(work, env, run_config, reference_out, nice=19)
+
+    # --- the pipeline on the cluster: the slurm profile as shipped, but a 1-minute train job ------------
+    profile = yaml.safe_load((REPO / "workflow/profiles/slurm/config.yaml").read_text())
+    assert profile["set-resources"]["train"]["runtime"] > 1
+    profile["set-resources"]["train"]["runtime"] = 1
+    (work / "profile-1min").mkdir()
+    (work / "profile-1min/config.yaml").write_text(yaml.safe_dump(profile))
+    proc = _snakemake(work, env, configfiles=configs, profile="profile-1min", timeout=900)
+    cluster_seconds = time.monotonic() - started
+    _, err = reference.communicate(timeout=600)
+    assert reference.returncode == 0, f"the uninterrupted reference run failed:\n{err[-4000:]}"
+    assert (work / "results/report/summary.json").is_file(), "the pipeline did not finish: no report"
+
+    # --- sacct: the train job timed out, was resubmitted, and its last submission completed -------------
+    acct = sorted((j for j in _sacct(env) if j["id"] not in before), key=lambda j: int(j["id"]))
+    trains = [j for j in acct if j["comment"] == TRAIN_COMMENT]
+    summary = [(j["id"], j["state"], int(j["seconds"])) for j in trains]
+    assert len(trains) >= 2 and trains[-1]["state"] == "COMPLETED", (
+        f"the train job must time out and be resubmitted, then complete; its SLURM jobs: {summary}"
+    )
+    assert all(j["state"] == "TIMEOUT" for j in trains[:-1]), f"train jobs before the last must be TIMEOUT: {summary}"
+    others = [j for j in acct if j["comment"] != TRAIN_COMMENT]
+    assert others and all(j["state"] == "COMPLETED" for j in others), f"other jobs: {others}"
+    # Snakemake's side: every submission of the train job is one of these SLURM jobs, each failure was
+    # followed by a restart, and only the last submission counted as finished.
+    submissions = [(job, slurm) for job, slurm, rule in SUBMITTED.findall(proc.stderr) if rule == "train"]
+    assert [slurm for _, slurm in submissions] == [j["id"] for j in trains], (submissions, summary)
+    job = submissions[0][0]
+    restarts = proc.stderr.count(f"Trying to restart job {job}.")
+    assert restarts == len(trains) - 1, f"{restarts} restarts of job {job} in the Snakemake log for {summary}"
+    finished = proc.stderr.count(f"Finished jobid: {job} (Rule: train)")
+    assert finished == 1, f"the train job was reported finished {finished} times (timed-out submissions must not be)"
+
+    # --- the last submission resumed from a checkpoint, and ended where the uninterrupted run did ---------
+    train_log = (work / "logs/train" / Path(*RUN)).with_suffix(".log").read_text()
+    resumed = [int(k) for k in RESUMED.findall(train_log)]
+    assert len(resumed) == 1 and 0 < resumed[0] < iterations, f"the last train job did not resume:\n{train_log[-3000:]}"
+    out = run_config.parent
+    for name in ("log.parquet", "curve.parquet", LORA):
+        assert (out / name).read_bytes() == (reference_out / name).read_bytes(), (
+            f"{name} of the resubmitted run differs from the uninterrupted run's"
+        )
+    print(
+        f"\ntime limit: {iterations} iterations ({per_iteration:.3f} s each), train jobs {summary}, last "
+        f"resumed at iteration {resumed[0]}; cluster run done at {cluster_seconds:.0f} s, test {time.monotonic() - started:.0f} s"
+    )

@@ -131,6 +131,10 @@ AccountingStoragePort=$((PORT + 2))
 AccountingStoragePass=$MUNGE_SOCK
 JobCompType=jobcomp/none
 MinJobAge=600
+# Time limits as tests/test_slurm.py needs them: a job is killed at its limit, not OverTimeLimit minutes
+# later, with SIGKILL 5 s after its SIGTERM. slurmctld checks limits every 30 s, so a 1-minute job (the
+# smallest limit) ends 60-90 s after it started, in state TIMEOUT.
+OverTimeLimit=0
 KillWait=5
 InactiveLimit=0
 SlurmctldTimeout=30
