@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from diversegrpo.features.dreamsim import preprocess
 from diversegrpo.features.inception import InceptionEmbedder, default_inception_path
 from diversegrpo.registry import build_features
 from diversegrpo.weights import ModelNotFound, missing_models
@@ -31,12 +32,12 @@ def test_dreamsim_embeds_and_matches_its_own_distance(dreamsim_spec):
     torch.testing.assert_close(e.norm(dim=-1), torch.ones(4), atol=1e-4, rtol=0)
     torch.testing.assert_close(embedder(x[:1]), e[:1], atol=1e-5, rtol=1e-5)  # batch-size independent
     d = embedder.distances(e)
-    assert torch.allclose(d.diagonal(), torch.zeros(4), atol=1e-5) and (d + torch.eye(4) > 1e-4).all()
-    # the package's own pairwise distance, on its own 224 px inputs
-    x224 = torch.nn.functional.interpolate(x, size=(224, 224), mode="bicubic", align_corners=False).clamp(0, 1)
+    assert (d.diagonal() == 0).all() and (d + torch.eye(4) > 1e-4).all()
+    # the package's own pairwise distance, on its own 224 px inputs (preprocess = dreamsim's, see test_preprocessing)
+    x224 = preprocess(x)
     with torch.no_grad():
         own = embedder.model(x224[:2], x224[2:])
-    torch.testing.assert_close(own, torch.stack([d[0, 2], d[1, 3]]), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(own, torch.stack([d[0, 2], d[1, 3]]).float(), atol=1e-4, rtol=1e-4)
 
 
 def test_dreamsim_loads_the_lora_adapter(dreamsim_spec):
@@ -72,7 +73,7 @@ def test_inception_preprocessing_through_a_torchscript_file(tmp_path):
     out = embedder(x)
     assert out.shape == (2, 4) and (out[:, 0] == 299).all()
     torch.testing.assert_close(out[0, 1:], torch.tensor([-1.0, -1.0, -1.0]))
-    torch.testing.assert_close(out[1, 1:], torch.tensor([1.0, 1.0, 1.0]))
+    torch.testing.assert_close(out[1, 1:], torch.tensor([0.9921875] * 3))  # fid-helper's INPUT_RANGE_TF
     torch.testing.assert_close(embedder((x * 255).to(torch.uint8)), out)  # torchmetrics hands over uint8
 
 

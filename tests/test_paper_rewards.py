@@ -29,14 +29,15 @@ def images(n=2, size=32, seed=0):
 
 
 def reference_pickscore(model_dir, processor_dir, imgs, prompts):
-    """PickScore as its authors compute it: processor on PIL images, get_*_features, logit_scale * cos."""
+    """PickScore as its authors compute it: uint8 PIL images (Flow-GRPO's conversion), the processor on
+    them, get_*_features, logit_scale * cos."""
+    from PIL import Image
     from transformers import AutoModel, AutoProcessor
 
-    from diversegrpo.rewards.clip_common import to_pil
-
     model, processor = AutoModel.from_pretrained(model_dir), AutoProcessor.from_pretrained(processor_dir)
+    u8 = (imgs * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
     with torch.no_grad():
-        pix = processor(images=to_pil(imgs), return_tensors="pt").pixel_values
+        pix = processor(images=[Image.fromarray(a) for a in u8], return_tensors="pt").pixel_values
         tok = processor(text=prompts, padding="max_length", truncation=True, max_length=77, return_tensors="pt")
         i = model.visual_projection(model.vision_model(pixel_values=pix).pooler_output)
         t = model.text_projection(model.text_model(input_ids=tok.input_ids, attention_mask=tok.attention_mask).pooler_output)
@@ -56,6 +57,16 @@ def test_pickscore_matches_the_reference_computation(clip_dirs):
     assert reward(imgs, ["a green painting"] * 2)[0] != scores[0]
     reward.batch_size = 1
     torch.testing.assert_close(reward(imgs, PROMPTS), scores)
+
+
+def test_pickscore_matches_the_reference_on_unquantised_odd_sized_images(clip_dirs):
+    """Float images (not 8-bit exact) of odd, non-square size: the reward quantises and resizes as the
+    reference does (pixel-level equality: tests/test_preprocessing.py)."""
+    model_dir, processor_dir = clip_dirs
+    reward = build_reward({"kind": "pickscore", "model": str(model_dir), "processor": str(processor_dir)})
+    imgs = torch.rand(2, 3, 37, 53, generator=torch.Generator().manual_seed(3))
+    expected = reference_pickscore(model_dir, processor_dir, imgs, PROMPTS) / 26
+    torch.testing.assert_close(reward(imgs, PROMPTS), expected, atol=1e-6, rtol=1e-6)
 
 
 def test_pickscore_resizes_larger_images(clip_dirs):

@@ -1,5 +1,5 @@
-"""CLIP-family scoring shared by PickScore and CLIPScore: tensor preprocessing (no PIL round trip),
-unit-norm image and text embeddings, and an offline loader for a CLIP model + processor."""
+"""CLIP-family scoring shared by PickScore and CLIPScore: the processor's own image preprocessing on
+8-bit images, unit-norm image and text embeddings, and an offline loader for a CLIP model + processor."""
 
 from __future__ import annotations
 
@@ -18,28 +18,26 @@ def load_clip(model: str, processor: str, device) -> tuple[torch.nn.Module, obje
     return model_obj.to(device).eval().requires_grad_(False), processor_obj
 
 
-def _size(value, key: str) -> int:
-    return int(value[key] if isinstance(value, dict) else getattr(value, key, None) or value)
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) in [0, 1] -> uint8 of the same shape, as saving the images would make them:
+    round(255 x), the conversion of Flow-GRPO's reward functions before they make PIL images."""
+    return (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
 
 
 def preprocess(images: torch.Tensor, processor) -> torch.Tensor:
-    """(B, 3, H, W) in [0, 1] -> (B, 3, S, S) CLIP pixel values: resize the short side (bicubic),
-    centre-crop, normalise — the CLIP image processor's steps, done on tensors."""
+    """(B, 3, H, W) in [0, 1] -> (B, 3, S, S) CLIP pixel values, as the reference scorers make them
+    (PickScore's model card, Flow-GRPO's pickscore_scorer): the images become 8-bit, then the
+    processor's own image path runs on them. The uint8 batch is handed over as a tensor, which the
+    processor reads exactly as it reads PIL images of the same pixels (tests/test_preprocessing.py).
+    A torchvision-backend processor (transformers 5's default) resizes the batch where it lies (on a
+    GPU its float bicubic may round a rare pixel one level apart from the CPU's); a PIL/NumPy one
+    (transformers 4's slow processor) works image by image on the CPU, as the reference does."""
     ip = processor.image_processor
-    short = _size(ip.size, "shortest_edge") if ip.size else 224
-    crop = ip.crop_size
-    ch, cw = (_size(crop, "height"), _size(crop, "width")) if crop else (short, short)
-    _, _, h, w = images.shape
-    scale = short / min(h, w)
-    nh, nw = max(ch, round(h * scale)), max(cw, round(w * scale))
-    x = images.float()
-    if (nh, nw) != (h, w):
-        x = F.interpolate(x, size=(nh, nw), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
-    top, left = (nh - ch) // 2, (nw - cw) // 2
-    x = x[:, :, top : top + ch, left : left + cw]  # (B, 3, ch, cw)
-    mean = torch.tensor(ip.image_mean, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(ip.image_std, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std
+    x = to_uint8(images)  # (B, 3, H, W) uint8
+    if getattr(ip, "backend", None) != "torchvision":
+        x = x.cpu()
+    pixels = ip(images=x, input_data_format="channels_first", return_tensors="pt").pixel_values
+    return pixels.to(images.device)
 
 
 def image_embeds(model, processor, images: torch.Tensor) -> torch.Tensor:
@@ -72,5 +70,5 @@ def to_pil(images: torch.Tensor) -> list:
     """(B, 3, H, W) in [0, 1] -> PIL images (for scorers whose own preprocessing wants PIL)."""
     from PIL import Image
 
-    arrays = (images.detach().float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    arrays = to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()
     return [Image.fromarray(a) for a in arrays]
