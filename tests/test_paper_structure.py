@@ -151,3 +151,14 @@ def test_a_diffusers_without_adapter_metadata_is_refused_before_training(tiny_to
     backbone.lora_pipeline_class = Diffusers033
     with pytest.raises(ImportError, match=r"diffusers>=0\.34"):
         backbone.check_lora_saving()
+
+
+def test_the_train_log_counts_truncated_prompts(toy_backbone, tmp_path):
+    """The paper adapters count the prompts their tokenizers cut (backbone.truncated_prompts); each log row
+    carries the running totals, so a run on long prompts says how many were truncated."""
+    run = _run(toy_run_config(toy_backbone, iterations=2), tmp_path)
+    run.step()
+    assert not any(k.startswith("truncated_") for k in run.log[-1])  # the toy world truncates nothing
+    run.backbone.truncated_prompts = {"clip_l": 3, "t5": 1}
+    run.step()
+    assert run.log[-1]["truncated_clip_l"] == 3 and run.log[-1]["truncated_t5"] == 1

@@ -236,7 +236,9 @@ class Run:
             self.backbone, self.optimizer, prompts, self.reward, self.embedder, self.cfg.method, self.cfg.train,
             generator, statistics, self.collective, self.ema,
         )
-        self.log.append({"iteration": self.iteration, **result.row()})
+        # running totals of prompts the text encoders cut short (paper backbones; long prompts are kept)
+        truncated = {f"truncated_{name}": n for name, n in getattr(self.backbone, "truncated_prompts", {}).items()}
+        self.log.append({"iteration": self.iteration, **result.row(), **truncated})
         self.iteration += 1
 
     def evaluate_on_main(self) -> None:
