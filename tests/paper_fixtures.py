@@ -71,17 +71,22 @@ def tiny_vae(latent_channels: int, shift_factor: float = 0.0609, scaling_factor:
     )
 
 
-def tiny_sd3_pipeline(tmp: Path, seed: int = 0):
-    """StableDiffusion3Pipeline without T5, with SD3.5-M's structure in miniature (dual attention, qk rms norm)."""
+def tiny_sd3_pipeline(tmp: Path, seed: int = 0, t5: bool = False, num_layers: int = 2, heads: int = 2,
+                      head_dim: int = 8, sample_size: int = RESOLUTION // 2):
+    """StableDiffusion3Pipeline with SD3.5-M's structure in miniature (dual attention in block 0, qk rms norm);
+    no T5 unless `t5` (then a tiny T5 whose width is the joint attention dim, as in SD3). The sizes are
+    for benchmarks/sampler_vs_pipeline.py, which needs a transformer that dominates the run time."""
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
     from transformers import CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
     transformer = SD3Transformer2DModel(
-        sample_size=RESOLUTION // 2, patch_size=2, in_channels=4, out_channels=4, num_layers=2,
-        attention_head_dim=8, num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=16,
-        pooled_projection_dim=32, pos_embed_max_size=8, dual_attention_layers=(0,), qk_norm="rms_norm",
+        sample_size=sample_size, patch_size=2, in_channels=4, out_channels=4, num_layers=num_layers,
+        attention_head_dim=head_dim, num_attention_heads=heads, joint_attention_dim=32,
+        caption_projection_dim=heads * head_dim, pooled_projection_dim=32, pos_embed_max_size=max(8, sample_size // 2),
+        dual_attention_layers=(0,), qk_norm="rms_norm",
     )
+    text_encoder_3, tokenizer_3 = t5_parts(32) if t5 else (None, None)
     return StableDiffusion3Pipeline(
         transformer=transformer,
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
@@ -90,20 +95,22 @@ def tiny_sd3_pipeline(tmp: Path, seed: int = 0):
         tokenizer=clip_tokenizer(tmp / "tok1"),
         text_encoder_2=CLIPTextModelWithProjection(clip_text_config()),
         tokenizer_2=clip_tokenizer(tmp / "tok2"),
-        text_encoder_3=None,
-        tokenizer_3=None,
+        text_encoder_3=text_encoder_3,
+        tokenizer_3=tokenizer_3,
     )
 
 
-def tiny_flux_pipeline(tmp: Path, seed: int = 0):
+def tiny_flux_pipeline(tmp: Path, seed: int = 0, num_layers: int = 1, num_single_layers: int = 1, heads: int = 2,
+                       head_dim: int = 16):
+    """FluxPipeline in miniature (guidance-distilled, CLIP + T5); head_dim a multiple of 8 (rotary axes)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextModel
 
     torch.manual_seed(seed)
     transformer = FluxTransformer2DModel(
-        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
-        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=16, guidance_embeds=True,
-        axes_dims_rope=(4, 4, 8),
+        patch_size=1, in_channels=16, num_layers=num_layers, num_single_layers=num_single_layers,
+        attention_head_dim=head_dim, num_attention_heads=heads, joint_attention_dim=32, pooled_projection_dim=16,
+        guidance_embeds=True, axes_dims_rope=(head_dim // 4, head_dim // 4, head_dim // 2),
     )
     t5, t5_tokenizer = t5_parts(32)
     scheduler = FlowMatchEulerDiscreteScheduler(

@@ -3,6 +3,9 @@ diffusers pipelines themselves, LoRA targets, the reference (adapter off), and d
 
 from __future__ import annotations
 
+import logging
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -69,32 +72,74 @@ def test_pack_unpack_roundtrip(tmp_path):
     torch.testing.assert_close(packed, bb.pipe._pack_latents(x, 3, 4, 8, 6))
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_sigmas_match_the_diffusers_scheduler(kind, tmp_path):
-    pipe, bb, _ = build(kind, tmp_path)
-    n = 6
-    kwargs = {"sigmas": np.linspace(1.0, 1 / n, n)}
-    if kind == "flux":
-        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+def pipeline_sigmas(pipe, guidance, steps):
+    """The sigmas the diffusers pipeline itself runs for `steps` steps, read off its scheduler during a real call
+    (default schedule: no `sigmas` passed, exactly as StableDiffusion3Pipeline / FluxPipeline are used); the
+    call is interrupted after its first step (diffusers' documented callback way), which is all it needs."""
+    seen = []
 
-        c = pipe.scheduler.config
-        tokens = (bb.latent_shape[1] // 2) * (bb.latent_shape[2] // 2)
-        kwargs["mu"] = calculate_shift(tokens, c.base_image_seq_len, c.max_image_seq_len, c.base_shift, c.max_shift)
-    else:
+    def stop(p, i, t, kwargs):
+        seen.append(p.scheduler.sigmas.clone())
+        p._interrupt = True
+        return kwargs
+
+    pipe.set_progress_bar_config(disable=True)
+    pipe(prompt=PROMPTS[:1], num_inference_steps=steps, guidance_scale=guidance, height=RESOLUTION, width=RESOLUTION,
+         output_type="latent", max_sequence_length=8, callback_on_step_end=stop)
+    assert len(seen) == 1
+    return seen[0]
+
+
+@pytest.mark.parametrize("steps", [10, 40])
+@pytest.mark.parametrize("kind", KINDS)
+def test_sigmas_are_the_pipelines_own(kind, steps, tmp_path):
+    """Train (10) and eval (40) schedules equal, bit for bit, what the diffusers pipeline's scheduler gives:
+    SD3 spaces its timesteps 1000..1 and shifts (ends ..., 0.278, 0.0089, 0 at 10 steps), not linspace(1, 0)
+    shifted (..., 0.429, 0.25, 0); FLUX shifts linspace(1, 1/N, N) by its resolution's mu."""
+    pipe, bb, g = build(kind, tmp_path)
+    expected = pipeline_sigmas(pipe, g, steps)
+    sigmas = bb.sigmas(steps)
+    assert sigmas.dtype == torch.float32 and sigmas.shape == (steps + 1,)
+    assert torch.equal(sigmas, expected.float()), (sigmas, expected)
+    if kind == "sd3" and steps == 10:
         assert bb.shift == 3.0
-    pipe.scheduler.set_timesteps(**kwargs)
-    torch.testing.assert_close(bb.sigmas(n), pipe.scheduler.sigmas.float(), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(sigmas[-3:], torch.tensor([0.2780, 0.0089, 0.0]), atol=1e-4, rtol=0)
+    bb.sigmas(7)  # asks a copy: the pipeline's own scheduler keeps its schedule
+    assert torch.equal(pipe.scheduler.sigmas, expected)
+    sigmas[0] = 5.0  # the cached schedule is not the caller's to mutate
+    assert bb.sigmas(steps)[0] == 1.0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_spec_shift_replaces_the_schedulers(kind, tmp_path):
+    """`shift: s` in the spec: the scheduler's schedule with a static shift s (FLUX: instead of its dynamic one)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    pipe = KINDS[kind][0](tmp_path)
+    bb = KINDS[kind][1].from_pipeline(pipe, {**BACKBONE_SPEC, "shift": 2.0})
+    reference = FlowMatchEulerDiscreteScheduler(shift=2.0)
+    reference.set_timesteps(**({"num_inference_steps": 10} if kind == "sd3" else {"sigmas": np.linspace(1, 0.1, 10)}))
+    assert torch.equal(bb.sigmas(10), reference.sigmas)
+
+
+def test_the_toy_backbone_keeps_its_schedule():
+    from diversegrpo.backbones.toy import ToyBackbone, ToyConfig
+    from diversegrpo.sde import sigma_schedule
+
+    bb = ToyBackbone(ToyConfig(num_layers=1))
+    for n in (1, 10, 40):
+        assert torch.equal(bb.sigmas(n), sigma_schedule(n, bb.shift))
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_ode_sampling_matches_the_diffusers_pipeline(kind, tmp_path):
-    """Timestep convention, guidance, packing and VAE scaling all at once: our Euler ODE loop gives the
-    pipeline's own images from the same initial latents."""
+    """Schedule, timestep convention, guidance, packing and VAE scaling all at once: our Euler ODE loop on
+    the backbone's own sigmas gives the pipeline's own images (its default schedule) from the same latents."""
     pipe, bb, g = build(kind, tmp_path)
-    steps, x = 3, noise(bb, 1)
+    steps, x = 4, noise(bb, 1)
     ref_latents = bb._pack(x) if kind == "flux" else x
-    # explicit sigmas: SD3's default schedule ends at shift(1/1000), not at 1/n like ours and FLUX's
-    ref = pipe(prompt=PROMPTS[:1], latents=ref_latents, sigmas=list(np.linspace(1.0, 1 / steps, steps)), guidance_scale=g,
+    pipe.set_progress_bar_config(disable=True)
+    ref = pipe(prompt=PROMPTS[:1], latents=ref_latents, num_inference_steps=steps, guidance_scale=g,
                height=RESOLUTION, width=RESOLUTION, output_type="pt", max_sequence_length=8).images
     cond, sigmas = bb.encode_prompts(PROMPTS[:1]), bb.sigmas(steps)
     for i in range(steps):
@@ -102,19 +147,102 @@ def test_ode_sampling_matches_the_diffusers_pipeline(kind, tmp_path):
     torch.testing.assert_close(bb.decode(x), ref.float(), atol=1e-4, rtol=1e-4)
 
 
-def test_lora_targets(tmp_path):
-    _, sd3, _ = build("sd3", tmp_path)
-    _, flux, _ = build("flux", tmp_path)
-    for bb in (sd3, flux):
-        bb.add_lora()
-    sd3_hit = {n.split(".lora_")[0] for n, _ in sd3.transformer.named_parameters() if ".lora_" in n}
-    flux_hit = {n.split(".lora_")[0] for n, _ in flux.transformer.named_parameters() if ".lora_" in n}
-    assert "transformer_blocks.0.attn2.to_q" in sd3_hit and "transformer_blocks.0.attn.add_k_proj" in sd3_hit
-    assert not any("ff" in n or "proj_out" in n for n in sd3_hit)
-    assert {"single_transformer_blocks.0.proj_out", "single_transformer_blocks.0.proj_mlp",
-            "transformer_blocks.0.ff.net.0.proj", "transformer_blocks.0.ff_context.net.2"} <= flux_hit
-    assert "proj_out" not in flux_hit  # the model's output layer stays frozen
-    assert sd3.transformer.peft_config["default"].lora_alpha == 8
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_transformer_gets_fp32_timesteps(kind, tmp_path):
+    """A bf16 transformer still receives the fp32 timestep (SD3: sigma * 1000 exactly, 964.3 not bf16's
+    964; FLUX: sigma) and an fp32 guidance, as the diffusers pipeline / Flow-GRPO pass them."""
+    make, cls, g = KINDS[kind]
+    pipe = make(tmp_path)
+    pipe.transformer.to(torch.bfloat16)
+    bb = cls.from_pipeline(pipe, BACKBONE_SPEC)
+    assert bb.dtype == torch.bfloat16
+    seen = {}
+    bb.transformer.register_forward_pre_hook(lambda module, args, kwargs: seen.update(kwargs), with_kwargs=True)
+    sigma = torch.tensor([0.9643, 0.3217])
+    v = bb.velocity(noise(bb), sigma, bb.encode_prompts(PROMPTS), g)
+    assert torch.isfinite(v).all()
+    t = seen["timestep"]
+    assert t.dtype == torch.float32
+    expected = torch.cat([sigma, sigma]) * 1000 if kind == "sd3" else sigma  # SD3: one [uncond, cond] batch
+    assert torch.equal(t, expected)
+    assert not torch.equal(expected.bfloat16().float(), expected)  # a bf16 cast would have shown
+    if kind == "flux":
+        assert seen["guidance"].dtype == torch.float32 and torch.equal(seen["guidance"], torch.full((2,), g))
+
+
+def sd3_with_t5(tmp_path, spec=BACKBONE_SPEC):
+    return SD3Backbone.from_pipeline(tiny_sd3_pipeline(tmp_path, t5=True), spec)
+
+
+def test_t5_length_defaults_to_flow_grpos_128(tmp_path):
+    spec = {k: v for k, v in BACKBONE_SPEC.items() if k != "max_sequence_length"}
+    for bb in (SD3Backbone.from_pipeline(tiny_sd3_pipeline(tmp_path), spec),
+               FluxBackbone.from_pipeline(tiny_flux_pipeline(tmp_path), spec)):
+        assert bb.max_sequence_length == 128
+    cond = sd3_with_t5(tmp_path, spec).encode_prompts(PROMPTS)
+    assert cond.embeds.shape[1] == 77 + 128  # CLIP tokens, then T5's
+
+
+@pytest.mark.parametrize("kind", ["sd3", "sd3_t5", "flux"])
+def test_long_prompts_are_truncated_counted_and_logged(kind, tmp_path, caplog):
+    """Prompts past CLIP's 77 tokens or T5's max_sequence_length are encoded anyway (truncated), and counted
+    per tokenizer, in one log line per encode_prompts call and in running totals on the backbone."""
+    bb = sd3_with_t5(tmp_path) if kind == "sd3_t5" else build(kind, tmp_path)[1]
+    names = {"sd3": ["clip_l", "clip_g"], "sd3_t5": ["clip_l", "clip_g", "t5"], "flux": ["clip", "t5"]}[kind]
+    long = " ".join(["a red cat painting"] * 30)  # 569 characters: > 77 CLIP tokens and > 8 T5 words
+    short = "a red cat"
+    with caplog.at_level(logging.WARNING):
+        cond = bb.encode_prompts([long, short, long])
+    assert cond.embeds.shape[0] == 3 and torch.isfinite(cond.embeds).all() and torch.isfinite(cond.pooled).all()
+    assert bb.truncated_prompts == dict.fromkeys(names, 2) and bb.encoded_prompts == 3
+    ours = [r for r in caplog.records if "truncated" in r.getMessage()]
+    assert len(ours) == 1 and "2 of 3 prompts" in ours[0].getMessage()  # diffusers' own per-tokenizer lines silenced
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        bb.encode_prompts([short, "a blue dog"])
+        assert bb.truncated_prompts == dict.fromkeys(names, 2) and bb.encoded_prompts == 5
+        assert not [r for r in caplog.records if "truncated" in r.getMessage()]
+        bb.encode_prompts([long])
+    assert bb.truncated_prompts == dict.fromkeys(names, 3) and bb.encoded_prompts == 6
+    if "t5" in names:  # a prompt of exactly T5's limit is not truncated; one word more is
+        tokenizer = bb.pipe.tokenizer_3 if kind == "sd3_t5" else bb.pipe.tokenizer_2
+        words = bb.max_sequence_length - (len(tokenizer("a").input_ids) - 1)  # less the special tokens
+        bb.encode_prompts([" ".join(["cat"] * words), " ".join(["cat"] * (words + 1))])
+        assert bb.truncated_prompts["t5"] == 4 and bb.truncated_prompts[names[0]] == 3
+
+
+# Flow-GRPO's target lists (scripts/train_sd3.py, scripts/train_flux.py), matched as PEFT matches a list:
+# a module name equal to an entry or ending in "." + entry. Written out here per module kind, from the tree.
+_ATTN = r"attn\.(add_k_proj|add_q_proj|add_v_proj|to_add_out|to_k|to_out\.0|to_q|to_v)"
+EXPECTED_LORA = {
+    "sd3": re.compile(rf"transformer_blocks\.\d+\.{_ATTN}"),
+    "flux": re.compile(rf"transformer_blocks\.\d+\.({_ATTN}|(ff|ff_context)\.net\.(0\.proj|2))"
+                       r"|single_transformer_blocks\.\d+\.attn\.(to_q|to_k|to_v)"),
+}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_lora_targets_are_flow_grpos(kind, tmp_path):
+    """The adapted modules are exactly the reference's: SD3 leaves SD3.5-M's attn2 frozen; FLUX adapts the
+    joint blocks' attention and feed-forwards and the single blocks' q/k/v, not their proj_mlp / proj_out."""
+    _, bb, _ = build(kind, tmp_path)
+    linear = {n for n, m in bb.transformer.named_modules() if isinstance(m, torch.nn.Linear)}
+    expected = {n for n in linear if EXPECTED_LORA[kind].fullmatch(n)}
+    bb.add_lora()
+    hit = {n.split(".lora_")[0] for n, _ in bb.transformer.named_parameters() if ".lora_" in n}
+    assert hit == expected, (sorted(hit - expected), sorted(expected - hit))
+    if kind == "sd3":
+        attn2 = {n for n in linear if ".attn2." in n}
+        assert attn2 and not attn2 & hit  # the tiny model has SD3.5-M's dual attention, and it stays frozen
+        assert "transformer_blocks.1.attn.add_q_proj" in hit and "transformer_blocks.1.attn.to_add_out" not in linear
+    else:
+        single = {n for n in linear if n.startswith("single_transformer_blocks.")}
+        assert {"single_transformer_blocks.0.proj_mlp", "single_transformer_blocks.0.proj_out"} <= single - hit
+        assert "single_transformer_blocks.0.attn.to_q" in hit
+        assert "transformer_blocks.0.ff_context.net.2" in hit and "proj_out" not in hit  # output layer frozen
+    assert (bb.transformer.peft_config["default"].r, bb.transformer.peft_config["default"].lora_alpha) == (4, 8)
+    default = KINDS[kind][1].from_pipeline(bb.pipe, {k: v for k, v in BACKBONE_SPEC.items() if k != "lora"})
+    assert (default.lora_spec().rank, default.lora_spec().alpha) == (32, 64.0)  # the paper's rank and alpha
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -254,22 +382,3 @@ def test_one_grpo_iteration_trains_only_the_lora(kind, method, tmp_path):
     with bb.adapter_disabled():
         torch.testing.assert_close(bb.velocity(x, 0.5, cond, g), base_v)
     assert (bb.velocity(x, 0.5, cond, g) - base_v).abs().max() > 1e-6
-
-
-def test_gpu_check_runs_tiny_on_cpu(capsys):
-    """benchmarks/gpu_check.py --tiny: the GPU benchmark's code path (the project's own trainer on an
-    SD3.5-M-shaped model) runs, and reports every number it promises."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
-    spec = importlib.util.spec_from_file_location("gpu_check", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    result = module.main(["--tiny", "--device", "cpu"])
-    assert result["finite"] and result["grad_norm"] > 0
-    assert result["images"] == 4 and result["K"] == 2 == result["trained_steps"]
-    assert result["gflop_per_forward"] > 0 and result["tflop_per_s"] > 0
-    assert {"sample_s", "score_s", "train_s"} <= set(result)
-    assert '"tflop_per_s"' in capsys.readouterr().out
-    assert module.SD35M["num_layers"] == 24 and module.SD35M["dual_attention_layers"] == tuple(range(13))
