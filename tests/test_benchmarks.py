@@ -1,0 +1,53 @@
+"""The GPU benchmarks' own code paths, tiny, on CPU: they run the project's trainer and adapters with
+config/paper.yaml's settings, and report every number they promise."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import yaml
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("model", ["sd3", "flux"])
+def test_gpu_check_runs_tiny_on_cpu(model, capsys):
+    gpu_check = load("gpu_check")
+    result = gpu_check.main(["--tiny", "--model", model, "--device", "cpu"])
+    assert result["finite"] and result["grad_norm"] > 0
+    assert result["images"] == 4 and result["K"] == 2 == result["trained_steps"]
+    assert result["gflop_per_forward"] > 0 and result["tflop_per_s"] > 0
+    assert {"sample_s", "score_s", "train_s"} <= set(result)
+    assert '"tflop_per_s"' in capsys.readouterr().out
+    paper = yaml.safe_load((BENCHMARKS.parent / "config" / "paper.yaml").read_text())
+    assert result["micro_batch"] == paper["train"]["micro_batch"]
+
+
+def test_full_size_configs_are_the_published_models():
+    """The full-size random transformers have SD3.5-M's 2.2B and FLUX.1-dev's 11.9B parameters (counted on the
+    meta device, no memory), and paper.yaml's LoRA on them is what Flow-GRPO trains."""
+    import torch
+    from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
+
+    gpu_check = load("gpu_check")
+    with torch.device("meta"):
+        sd3 = SD3Transformer2DModel(**gpu_check.CONFIGS["sd3"])
+        flux = FluxTransformer2DModel(**gpu_check.CONFIGS["flux"])
+    billions = [sum(p.numel() for p in m.parameters()) / 1e9 for m in (sd3, flux)]
+    assert billions[0] == pytest.approx(2.24, abs=0.03) and billions[1] == pytest.approx(11.9, abs=0.1)
+    assert sum("attn2" in n for n, _ in sd3.named_modules()) > 0  # SD3.5-M's dual attention is there
+
+
+def test_iteration_overhead_benchmark_runs_tiny(capsys):
+    overhead = load("iteration_overhead")
+    result = overhead.main(["--repeats", "1", "--tiny"])
+    assert result["iteration_s"] > 0 and result["bare_passes_s"] > 0
+    assert result["ratio"] == pytest.approx(result["iteration_s"] / result["bare_passes_s"])
+    assert "ratio" in capsys.readouterr().out
