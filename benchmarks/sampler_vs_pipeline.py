@@ -5,6 +5,7 @@ pipelines the way tests/paper_fixtures.py does, but with a transformer large eno
 (several blocks, 32x32 latents), and times, on the same prompts, steps, guidance and batch:
 
   ours      diversegrpo.sampling.sample_images(backbone, ...)   (the evaluation sampler: encode, Euler ODE, decode)
+  rollout   diversegrpo.sampling.sample_rollout(backbone, ...)  (GRPO's sampler: SDE steps, trajectory, log-probs)
   diffusers pipe(prompt=..., latents=<the same noise>, output_type="pt")   (progress bar off)
 
 Repeats are interleaved (ours, pipe, pipe, ours, ...) after one warm-up call of each. Prints images/s of
@@ -37,7 +38,7 @@ from paper_fixtures import WORDS, tiny_flux_pipeline, tiny_sd3_pipeline  # noqa:
 
 from diversegrpo.backbones.flux import FluxBackbone  # noqa: E402
 from diversegrpo.backbones.sd3 import SD3Backbone  # noqa: E402
-from diversegrpo.sampling import sample_images  # noqa: E402
+from diversegrpo.sampling import sample_images, sample_rollout  # noqa: E402
 
 LATENT = 32  # latent side; the fixtures' VAE halves the resolution once
 SIZES = {  # transformer sizes: (benchmark, --tiny)
@@ -104,6 +105,10 @@ def bench(kind: str, args, tmp: Path) -> dict:
     def ours():
         return sample_images(backbone, prompts, args.steps, guidance, seed, batch_size=args.batch)
 
+    def rollout():
+        out = sample_rollout(backbone, prompts, 1, args.steps, guidance, 0.7, torch.Generator().manual_seed(seed))
+        return out.images
+
     def theirs():
         # The backbone runs its transformer under bf16 autocast on CUDA (as Flow-GRPO's accelerate-prepared
         # model does); the pipeline runs plain bf16. --pipe-autocast gives the pipeline the same context,
@@ -123,10 +128,11 @@ def bench(kind: str, args, tmp: Path) -> dict:
     with torch.inference_mode():
         _, a = timed(ours)  # warm-up (and the outputs compared below)
         _, b = timed(theirs)
-        times = {"ours": [], "pipe": []}
+        timed(rollout)
+        times = {"ours": [], "pipe": [], "rollout": []}
         for r in range(args.repeats):
-            order = (("ours", ours), ("pipe", theirs)) if r % 2 == 0 else (("pipe", theirs), ("ours", ours))
-            for name, fn in order:
+            order = [("ours", ours), ("pipe", theirs), ("rollout", rollout)]
+            for name, fn in order if r % 2 == 0 else order[::-1]:
                 times[name].append(timed(fn)[0])
         outside = {name: outside_transformer(pipe.transformer, device, timed, fn)
                    for name, fn in (("ours", ours), ("pipe", theirs))}
@@ -138,6 +144,7 @@ def bench(kind: str, args, tmp: Path) -> dict:
         "latent": latent, "transformer_params_M": round(sum(p.numel() for p in pipe.transformer.parameters()) / 1e6, 2),
         "ours_images_per_s": round(ips["ours"], 3), "pipe_images_per_s": round(ips["pipe"], 3),
         "ratio": round(ips["ours"] / ips["pipe"], 3),
+        "rollout_images_per_s": round(ips["rollout"], 3), "rollout_ratio": round(ips["rollout"] / ips["pipe"], 3),
         "ratio_best": round(best["ours"] / best["pipe"], 3),  # fastest repeat of each: steadier on a shared machine
         "ours_outside_transformer_s": round(outside["ours"], 4), "pipe_outside_transformer_s": round(outside["pipe"], 4),
         "ours_s": [round(t, 4) for t in times["ours"]], "pipe_s": [round(t, 4) for t in times["pipe"]],
@@ -171,7 +178,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             results.append(result)
             print(f"{kind:5s} {result['device']} {result['dtype']}: ours {result['ours_images_per_s']:.2f} img/s, "
                   f"diffusers pipe {result['pipe_images_per_s']:.2f} img/s, ratio {result['ratio']:.3f} "
-                  f"(best-of-repeats {result['ratio_best']:.3f}; target >= 0.95); outside the transformer "
+                  f"(best-of-repeats {result['ratio_best']:.3f}; target >= 0.95); SDE rollout "
+                  f"{result['rollout_images_per_s']:.2f} img/s, ratio {result['rollout_ratio']:.3f}; outside the transformer "
                   f"{result['ours_outside_transformer_s']:.3f} s vs {result['pipe_outside_transformer_s']:.3f} s per call; "
                   f"max |pixel diff| {result['max_abs_pixel_diff']:.2e}")
             print(json.dumps(result))

@@ -51,3 +51,14 @@ def test_iteration_overhead_benchmark_runs_tiny(capsys):
     assert result["iteration_s"] > 0 and result["bare_passes_s"] > 0
     assert result["ratio"] == pytest.approx(result["iteration_s"] / result["bare_passes_s"])
     assert "ratio" in capsys.readouterr().out
+
+
+def test_sampler_benchmark_runs_tiny_and_matches_the_pipeline(capsys):
+    """Our ODE sampler and diffusers' pipe() on the same noise and schedule give the same pixels; the SDE
+    rollout is timed beside them."""
+    results = load("sampler_vs_pipeline").main(["--tiny"])
+    assert [r["kind"] for r in results] == ["sd3", "flux"]
+    for r in results:
+        assert r["max_abs_pixel_diff"] < 1e-5
+        assert r["ours_images_per_s"] > 0 and r["pipe_images_per_s"] > 0 and r["rollout_images_per_s"] > 0
+    assert "rollout" in capsys.readouterr().out
