@@ -1,8 +1,8 @@
 """Stable Diffusion 3.5 (Medium in the paper) behind the backbone adapter: an MMDiT in a 16-channel VAE
 latent space, three text encoders (two CLIPs + T5; T5 may be left out), CFG as one [uncond, cond] batch.
 
-Also holds what the FLUX adapter shares: dtype/autocast choice, freezing, loading a pipeline offline,
-and saving LoRA adapters with their alpha (so that diffusers reloads them at the trained scale).
+Also holds what the FLUX adapter shares: dtype/autocast choice, freezing, loading a pipeline offline.
+Saving the LoRA (with its alpha, so that diffusers reloads it at the trained scale) is `Backbone.save_lora`.
 """
 
 from __future__ import annotations
@@ -11,13 +11,11 @@ import contextlib
 import copy
 import logging
 import os
-from pathlib import Path
 
 import torch
 
-from ..io import atomic_dir
 from ..weights import SD3_MEDIUM, resolve_model
-from .base import LORA_WEIGHTS, Backbone, Conditioning, LoraSpec
+from .base import Backbone, Conditioning, LoraSpec
 
 # Flow-GRPO's SD3 targets (scripts/train_sd3.py): the joint attention `attn` of every block. PEFT matches
 # a name or a dotted suffix of one, so `attn.to_q` leaves SD3.5-M's second attention (`attn2`, blocks
@@ -67,7 +65,6 @@ class DiffusersBackbone(Backbone):
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         side = int(spec.get("resolution", 512)) // self.vae_scale_factor
         self.latent_shape = (self.vae.config.latent_channels, side, side)
-        self._lora_alpha: float | None = None
         self._sigma_cache: dict[int, torch.Tensor] = {}
         # Running totals since construction, for the trainer's log: prompts encoded, and prompts that
         # each tokenizer cut short (CLIP at 77 tokens, T5 at max_sequence_length).
@@ -149,27 +146,7 @@ class DiffusersBackbone(Backbone):
         return LoraSpec.from_config({"rank": 32, "alpha": 64, **self.spec.get("lora", {})}, self.lora_targets)
 
     def add_lora(self, spec: LoraSpec | None = None) -> None:
-        spec = spec or self.lora_spec()
-        super().add_lora(spec)
-        self._lora_alpha = float(spec.alpha)
-
-    def save_lora(self, directory: str | os.PathLike) -> Path:
-        """diffusers-loadable adapter. The base class's writer drops lora_alpha, and diffusers then loads
-        alpha = rank (scale 1 instead of alpha / rank): write the adapter's own PEFT config beside it."""
-        state = self.lora_state_dict()
-        bad = [k for k, v in state.items() if not torch.isfinite(v).all()]
-        if bad:
-            raise FloatingPointError(f"refusing to write a LoRA with non-finite weights: {bad[:5]}")
-        config = self.transformer.peft_config["default"]
-        metadata = {
-            "r": config.r, "lora_alpha": config.lora_alpha,
-            "target_modules": sorted(config.target_modules) if isinstance(config.target_modules, set) else config.target_modules,
-        }
-        with atomic_dir(directory) as tmp:
-            self.lora_pipeline_class.save_lora_weights(
-                tmp, transformer_lora_layers=state, safe_serialization=True, transformer_lora_adapter_metadata=metadata
-            )
-        return Path(directory) / LORA_WEIGHTS
+        super().add_lora(spec or self.lora_spec())
 
     def load_lora(self, directory: str | os.PathLike) -> None:
         if not getattr(self.transformer, "peft_config", None):

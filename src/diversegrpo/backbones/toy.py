@@ -18,7 +18,10 @@ from .base import Backbone, Conditioning
 NULL = "<null>"
 VOCAB = [NULL, *world.COLOURS, *world.SHAPES]
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
-# Attention projections of the joint blocks: the LoRA targets that work for SD3 (DESIGN §5).
+# The toy's own choice, deliberately not derived from sd3.LORA_TARGETS: the attention projections of
+# the joint blocks, by bare name. The toy has no second attention (`attn2`), so these adapt the same
+# modules as SD3's `attn.`-prefixed list would; the names are kept because they are written into every
+# saved adapter's metadata (changing them would change the default run's LoRA bytes).
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
 
 
