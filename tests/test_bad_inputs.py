@@ -79,6 +79,25 @@ BAD_CONFIGS = [
     ("missing eval file", {"captions": {"source": "data/pickscore/train.txt", "eval_source": "prompts/missing_eval.txt", "eval_fraction": None}}, "captions.eval_source: file"),
     ("eval file of unknown type", {"captions": {"source": "data/pickscore/train.txt", "eval_source": "test.json", "eval_fraction": None}}, "captions.eval_source: 'test.json' must be a file ending in ['.txt', '.csv', '.parquet']"),
     ("the removed prompt length limit", {"captions": {"max_prompt_chars": 300}}, "captions: Additional properties are not allowed ('max_prompt_chars' was unexpected)"),
+    # unknown keys at every level: each kind allows its adapter's keys (and the common ones), nothing else
+    ("typo in a reward", {"rewards": {"colour": {"tase": 0.1}}}, "rewards.colour: Additional properties are not allowed ('tase' was unexpected); allowed keys: ['kind', 'taste']"),
+    ("typo in a backbone", {"backbones": {"toy": {"trainsteps": 4}}}, "backbones.toy: Additional properties are not allowed ('trainsteps' was unexpected); allowed keys: ['eval_steps', 'guidance_scale', 'kind', 'lora', 'model', 'noise_level', 'sde_type', 'train_steps']"),
+    ("typo in the toy model", {"backbones": {"toy": {"model": {"num_layer": 2}}}}, "backbones.toy.model: Additional properties are not allowed ('num_layer' was unexpected); allowed keys: ['attention_head_dim', 'caption_dropout'"),
+    ("a paper key on the toy backbone", {"backbones": {"toy": {"resolution": 512}}}, "backbones.toy: Additional properties are not allowed ('resolution' was unexpected)"),
+    ("a model id for the toy backbone", {"backbones": {"toy": {"model": "some/model"}}}, "backbones.toy.model: 'some/model' is not of type 'object'"),
+    ("typo in an SD3 backbone", {"backbones": {"sd3": {**SD3, "resolutoin": 512}}, "runs": {"backbones": ["sd3"]}}, "backbones.sd3: Additional properties are not allowed ('resolutoin' was unexpected); allowed keys: ['dtype', 'eval_steps', 'gradient_checkpointing'"),
+    ("SD3's negative prompt on FLUX", {"backbones": {"flux": {**SD3, "kind": "flux", "negative_prompt": "blurry"}}}, "backbones.flux: Additional properties are not allowed ('negative_prompt' was unexpected)"),
+    ("typo in a paper reward", {"rewards": {"pick": {"kind": "pickscore", "batchsize": 8}}}, "rewards.pick: Additional properties are not allowed ('batchsize' was unexpected); allowed keys: ['batch_size', 'divisor', 'kind', 'model', 'processor']"),
+    ("a toy key on a paper reward", {"rewards": {"clip": {"kind": "clipscore", "taste": 0.1}}}, "rewards.clip: Additional properties are not allowed ('taste' was unexpected); allowed keys: ['batch_size', 'kind', 'model', 'processor', 'weight']"),
+    ("typo in features", {"features": {"batchsize": 8}}, "features: Additional properties are not allowed ('batchsize' was unexpected); allowed keys: ['fid', 'kind']"),
+    ("typo in DreamSim features", {"features": {"kind": "dreamsim", "cachedir": "/x"}}, "features: Additional properties are not allowed ('cachedir' was unexpected); allowed keys: ['batch_size', 'cache_dir', 'dreamsim_type', 'fid', 'kind']"),
+    ("typo in FID features", {"features": {"fid": {"kind": "inception", "pth": "x.pt"}}}, "features.fid: Additional properties are not allowed ('pth' was unexpected); allowed keys: ['batch_size', 'kind', 'num_features', 'path']"),
+    ("FID features of the FID features", {"features": {"fid": {"kind": "toy", "fid": {"kind": "toy"}}}}, "features.fid: Additional properties are not allowed ('fid' was unexpected); allowed keys: ['kind']"),
+    ("unknown DreamSim variant", {"features": {"kind": "dreamsim", "dreamsim_type": "dino"}}, "features.dreamsim_type: 'dino' is not one of ['ensemble', 'dino_vitb16'"),
+    ("typo in sample", {"sample": {"images": 4}}, "sample: Additional properties are not allowed ('images' was unexpected); allowed keys: ['images_per_prompt', 'max_prompts']"),
+    ("typo in report", {"report": {"grid_rows": 2}}, "report: Additional properties are not allowed ('grid_rows' was unexpected); allowed keys: ['grid_images', 'grid_prompts']"),
+    ("typo in runs", {"runs": {"method": ["sa_reg"]}}, "runs: Additional properties are not allowed ('method' was unexpected)"),
+    ("typo in ema", {"train": {"ema": {"decay": 0.9, "every": 8, "warmup": 2}}}, "train.ema: Additional properties are not allowed ('warmup' was unexpected)"),
     ("paper backbone without weights", {"backbones": {"sd3": {**SD3, "model": ""}}, "runs": {"backbones": ["sd3"]}}, "backbones.sd3.model: a local directory or Hugging Face id is required for kind 'sd3'"),
     ("grid wider than the samples", {"report": {"grid_images": 17}}, "report.grid_images: 17 exceeds sample.images_per_prompt 16"),
     ("grid taller than the prompts", {"report": {"grid_prompts": 5}}, "report.grid_prompts: 5 exceeds the 4 sampled evaluation prompts"),
@@ -102,6 +121,8 @@ def test_messages_are_distinct():
 
 def test_shipped_configs_are_valid():
     C.validate(BASE, root=ROOT)
+    for path in sorted((ROOT / "config").glob("*.yaml")):  # every shipped config, laid over the default as Snakemake does
+        C.validate(C.deep_merge(BASE, C.load(path)), root=ROOT)
     C.validate(C.deep_merge(BASE, C.load(ROOT / "config/tiny.yaml")), root=ROOT)
     C.validate(C.load(ROOT / "config/paper.yaml"), root=ROOT)  # with its shipped Pick-a-Pic prompt files
     oracle = C.deep_merge(BASE, C.load(ROOT / "config/oracle.yaml"))

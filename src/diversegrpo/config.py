@@ -47,9 +47,13 @@ def _leaves(error) -> dict[str, list[str]]:
     by its deepest alternatives' own errors, e.g. creative.mix's enum rather than "creative is not valid"."""
     if error.validator in ("oneOf", "anyOf") and error.context:
         deepest = max(len(e.absolute_path) for e in error.context)
+        context = [e for e in error.context if len(e.absolute_path) == deepest]
+        # An alternative of another type says nothing ("{...} is not of type 'null'") once one of the
+        # instance's own type says what is wrong with it (an unknown key of `ema`, a micro_batch of 0).
+        typed = {tuple(e.absolute_path) for e in context if e.validator != "type"}
         out: dict[str, list[str]] = {}
-        for e in error.context:
-            if len(e.absolute_path) == deepest:
+        for e in context:
+            if e.validator != "type" or tuple(e.absolute_path) not in typed:
                 for where, messages in _leaves(e).items():
                     out.setdefault(where, []).extend(m for m in messages if m not in out.get(where, []))
         return out
