@@ -7,6 +7,7 @@ any stage runs, with messages that name the key and the allowed values.
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 
 import yaml
@@ -34,12 +35,35 @@ def deep_merge(base: dict, override: dict) -> dict:
 def schema_errors(config: dict) -> list[str]:
     import jsonschema
 
-    validator = jsonschema.Draft202012Validator(yaml.safe_load(SCHEMA.read_text()))
-    errors = []
+    # An integer field takes a Python int only: jsonschema's own "integer" also takes 3.0 (and YAML's
+    # `3.0` is a float), which surfaces later as a TypeError far from the key.
+    strict = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", lambda _, x: isinstance(x, int) and not isinstance(x, bool))
+    validator_class = jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=strict)
+    validator = validator_class(yaml.safe_load(SCHEMA.read_text()))
+    errors = number_errors(config)
     for e in sorted(validator.iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path]):
         for where, messages in _leaves(e).items():
             errors.append(f"{where or '(top level)'}: {'; or '.join(messages)}")
     return errors
+
+
+INT64 = 2**63  # integers beyond int64 overflow torch / numpy (a tensor of the iteration, a seed)
+
+
+def number_errors(value, where: str = "") -> list[str]:
+    """Every non-finite number (NaN, inf: YAML's .nan, .inf) and every integer beyond 64 bits, by key.
+    The schema cannot say it: comparisons with NaN are false, so NaN passes every range check."""
+    if isinstance(value, dict):
+        return [e for k, v in value.items() for e in number_errors(v, f"{where}.{k}" if where else str(k))]
+    if isinstance(value, list):
+        return [e for i, v in enumerate(value) for e in number_errors(v, f"{where}[{i}]")]
+    if isinstance(value, float) and not math.isfinite(value):
+        return [f"{where or '(top level)'}: {value} is not a finite number (NaN and inf are not allowed)"]
+    if isinstance(value, int) and not isinstance(value, bool) and not -INT64 <= value < INT64:
+        return [f"{where or '(top level)'}: {value} does not fit in 64 bits (allowed: -2**63..2**63 - 1, "
+                f"and the key's own range)"]
+    return []
 
 
 def _leaves(error) -> dict[str, list[str]]:
@@ -48,12 +72,13 @@ def _leaves(error) -> dict[str, list[str]]:
     if error.validator in ("oneOf", "anyOf") and error.context:
         deepest = max(len(e.absolute_path) for e in error.context)
         context = [e for e in error.context if len(e.absolute_path) == deepest]
-        # An alternative of another type says nothing ("{...} is not of type 'null'") once one of the
-        # instance's own type says what is wrong with it (an unknown key of `ema`, a micro_batch of 0).
-        typed = {tuple(e.absolute_path) for e in context if e.validator != "type"}
+        # The null alternative (leave it unset) says nothing ("{...} is not of type 'null'") beside what
+        # the others say is wrong with the value (an unknown key of `ema`, a micro_batch of 0).
+        unset = [e for e in context if e.validator == "type" and e.validator_value == "null"]
+        said = {tuple(e.absolute_path) for e in context if e not in unset}
         out: dict[str, list[str]] = {}
         for e in context:
-            if e.validator != "type" or tuple(e.absolute_path) not in typed:
+            if e not in unset or tuple(e.absolute_path) not in said:
                 for where, messages in _leaves(e).items():
                     out.setdefault(where, []).extend(m for m in messages if m not in out.get(where, []))
         return out
