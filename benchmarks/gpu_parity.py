@@ -15,11 +15,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
 def main() -> None:
-    from test_preprocessing import images, reference_pils
     from transformers import CLIPImageProcessor
 
     from diversegrpo.features.dreamsim import preprocess as dreamsim_preprocess
     from diversegrpo.rewards.clip_common import preprocess as clip_preprocess
+    from test_preprocessing import images, reference_pils
 
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/gpu_parity.py needs a GPU")

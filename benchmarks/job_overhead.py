@@ -146,7 +146,9 @@ def run_once(argv: list, env: dict, out: Path) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3, help="rounds; each runs every variant once")
-    parser.add_argument("--baseline", metavar="REV", help="also time the jobs with --baseline-files as at git revision REV")
+    parser.add_argument(
+        "--baseline", metavar="REV", help="also time the jobs with --baseline-files as at git revision REV"
+    )
     parser.add_argument("--baseline-files", nargs="+", default=["src/diversegrpo/backbones/toy.py"], metavar="PATH",
                         help="the files the baseline takes from REV (default: %(default)s)")
     args = parser.parse_args()
@@ -166,7 +168,8 @@ def main() -> None:
             print(f"round {r + 1}/{args.repeats} done", file=sys.stderr)
     for label, times in (("wall", wall), ("CPU", cpu)):
         reference = statistics.median(times[REFERENCE])
-        print(f"{'variant':36s} {label + ' s':>8s} {'ratio':>6s}   each round's {label} s (median; ratio: to {REFERENCE!r})")
+        print(f"{'variant':36s} {label + ' s':>8s} {'ratio':>6s}   "
+              f"each round's {label} s (median; ratio: to {REFERENCE!r})")
         for name, seconds in times.items():
             median = statistics.median(seconds)
             print(f"{name:36s} {median:8.2f} {median / reference:6.2f}   {' '.join(f'{s:.2f}' for s in seconds)}")

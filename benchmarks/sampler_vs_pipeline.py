@@ -34,11 +34,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from paper_fixtures import WORDS, tiny_flux_pipeline, tiny_sd3_pipeline  # noqa: E402
-
 from diversegrpo.backbones.flux import FluxBackbone  # noqa: E402
 from diversegrpo.backbones.sd3 import SD3Backbone  # noqa: E402
 from diversegrpo.sampling import sample_images, sample_rollout  # noqa: E402
+from paper_fixtures import WORDS, tiny_flux_pipeline, tiny_sd3_pipeline  # noqa: E402
 
 LATENT = 32  # latent side; the fixtures' VAE halves the resolution once
 SIZES = {  # transformer sizes: (benchmark, --tiny)
@@ -139,15 +138,25 @@ def bench(kind: str, args, tmp: Path) -> dict:
     ips = {k: args.batch / statistics.median(v) for k, v in times.items()}
     best = {k: args.batch / min(v) for k, v in times.items()}
     return {
-        "kind": kind, "device": str(device), "dtype": args.dtype, "batch": args.batch, "steps": args.steps,
-        "threads": torch.get_num_threads(), "pipe_autocast": args.pipe_autocast,
-        "latent": latent, "transformer_params_M": round(sum(p.numel() for p in pipe.transformer.parameters()) / 1e6, 2),
-        "ours_images_per_s": round(ips["ours"], 3), "pipe_images_per_s": round(ips["pipe"], 3),
+        "kind": kind,
+        "device": str(device),
+        "dtype": args.dtype,
+        "batch": args.batch,
+        "steps": args.steps,
+        "threads": torch.get_num_threads(),
+        "pipe_autocast": args.pipe_autocast,
+        "latent": latent,
+        "transformer_params_M": round(sum(p.numel() for p in pipe.transformer.parameters()) / 1e6, 2),
+        "ours_images_per_s": round(ips["ours"], 3),
+        "pipe_images_per_s": round(ips["pipe"], 3),
         "ratio": round(ips["ours"] / ips["pipe"], 3),
-        "rollout_images_per_s": round(ips["rollout"], 3), "rollout_ratio": round(ips["rollout"] / ips["pipe"], 3),
+        "rollout_images_per_s": round(ips["rollout"], 3),
+        "rollout_ratio": round(ips["rollout"] / ips["pipe"], 3),
         "ratio_best": round(best["ours"] / best["pipe"], 3),  # fastest repeat of each: steadier on a shared machine
-        "ours_outside_transformer_s": round(outside["ours"], 4), "pipe_outside_transformer_s": round(outside["pipe"], 4),
-        "ours_s": [round(t, 4) for t in times["ours"]], "pipe_s": [round(t, 4) for t in times["pipe"]],
+        "ours_outside_transformer_s": round(outside["ours"], 4),
+        "pipe_outside_transformer_s": round(outside["pipe"], 4),
+        "ours_s": [round(t, 4) for t in times["ours"]],
+        "pipe_s": [round(t, 4) for t in times["pipe"]],
         "max_abs_pixel_diff": float((a.float().cpu() - b.float().cpu()).abs().max()),
     }
 
@@ -176,12 +185,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for kind in args.kinds:
             result = bench(kind, args, Path(tmp) / kind)
             results.append(result)
-            print(f"{kind:5s} {result['device']} {result['dtype']}: ours {result['ours_images_per_s']:.2f} img/s, "
-                  f"diffusers pipe {result['pipe_images_per_s']:.2f} img/s, ratio {result['ratio']:.3f} "
-                  f"(best-of-repeats {result['ratio_best']:.3f}; target >= 0.95); SDE rollout "
-                  f"{result['rollout_images_per_s']:.2f} img/s, ratio {result['rollout_ratio']:.3f}; outside the transformer "
-                  f"{result['ours_outside_transformer_s']:.3f} s vs {result['pipe_outside_transformer_s']:.3f} s per call; "
-                  f"max |pixel diff| {result['max_abs_pixel_diff']:.2e}")
+            print(
+                f"{kind:5s} {result['device']} {result['dtype']}: ours {result['ours_images_per_s']:.2f} img/s, "
+                f"diffusers pipe {result['pipe_images_per_s']:.2f} img/s, ratio {result['ratio']:.3f} "
+                f"(best-of-repeats {result['ratio_best']:.3f}; target >= 0.95); SDE rollout "
+                f"{result['rollout_images_per_s']:.2f} img/s, ratio {result['rollout_ratio']:.3f}; "
+                f"outside the transformer {result['ours_outside_transformer_s']:.3f} s vs "
+                f"{result['pipe_outside_transformer_s']:.3f} s per call; "
+                f"max |pixel diff| {result['max_abs_pixel_diff']:.2e}"
+            )
             print(json.dumps(result))
     return results
 

@@ -148,7 +148,9 @@ def save_tiny_clip(directory: Path, image_size: int = 32) -> tuple[Path, Path]:
     CLIPModel(config).save_pretrained(model_dir)
     image_processor = CLIPImageProcessor(size={"shortest_edge": image_size},
                                          crop_size={"height": image_size, "width": image_size})
-    CLIPProcessor(image_processor=image_processor, tokenizer=clip_tokenizer(directory / "clip_tok")).save_pretrained(processor_dir)
+    CLIPProcessor(image_processor=image_processor, tokenizer=clip_tokenizer(directory / "clip_tok")).save_pretrained(
+        processor_dir
+    )
     return model_dir, processor_dir
 
 
@@ -167,7 +169,9 @@ def build_dreamsim_cache(cache: Path, seed: int = 0) -> Path:
     torch.save({"state_dict": state}, cache / "open_clip_vitb32_pretrain.pth.tar")
     model = PerceptualModel(model_type="open_clip_vitb32", feat_type="embedding", stride="32", lora=True,
                             load_dir=str(cache), device="cpu", normalize_embeds=True)
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, bias="none", target_modules=["qkv"]))
+    peft_model = get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, bias="none", target_modules=["qkv"])
+    )
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
             if "lora_B" in name:

@@ -63,11 +63,18 @@ def test_training_duplicates_are_dropped_before_the_split(tmp_path, capsys):
     """Fails before (duplicates were an error). Repeats, exact or differing in whitespace runs only,
     are dropped before the split, so no prompt lands on both sides, and the log counts them."""
     distinct = [f"a photo of object {i}" for i in range(30)]
-    rows = distinct + ["a photo of object 3", "a  photo of object 4", "a photo of\u3000object 5 ", "a photo of object 3"]
+    rows = distinct + [
+        "a photo of object 3",
+        "a  photo of object 4",
+        "a photo of\u3000object 5 ",
+        "a photo of object 3",
+    ]
     (tmp_path / "p.txt").write_text("\n".join(rows) + "\n")
     config = file_config(tmp_path, {"source": "p.txt"})
     C.validate(config, root=tmp_path)
-    captions = make_captions(str(tmp_path / "p.txt"), None, 0.25, 7, tmp_path / "train.parquet", tmp_path / "eval.parquet")
+    captions = make_captions(
+        str(tmp_path / "p.txt"), None, 0.25, 7, tmp_path / "train.parquet", tmp_path / "eval.parquet"
+    )
     train, held_out = (pd.read_parquet(tmp_path / f"{s}.parquet").prompt.tolist() for s in ("train", "eval"))
     assert sorted(train + held_out) == sorted(distinct)  # the first of each is kept, as written
     assert not {collapsed(p) for p in train} & {collapsed(p) for p in held_out}
@@ -107,7 +114,9 @@ def test_eval_source_counts_in_config_validation(tmp_path):
     assert C._caption_counts(config, tmp_path, []) == (9, 6)
     with pytest.raises(C.ConfigError, match=r"train.prompts_per_iteration: \d+ exceeds the 9 training prompts"):
         C.validate(C.deep_merge(config, {"train": {"prompts_per_iteration": 10}}), root=tmp_path)
-    with pytest.raises(C.ConfigError, match=r"eval_prompts: 7 exceeds the 6 held-out prompts \(captions.eval_source 'test.txt'\)"):
+    with pytest.raises(
+        C.ConfigError, match=r"eval_prompts: 7 exceeds the 6 held-out prompts \(captions.eval_source 'test.txt'\)"
+    ):
         C.validate(C.deep_merge(config, {"train": {"eval_prompts": 7}}), root=tmp_path)
     (tmp_path / "test.txt").write_text("a\nb\nc\nd\ne\nf\nG\n")  # an edited file is read again
     assert C._caption_counts(config, tmp_path, []) == (10, 7)
@@ -173,7 +182,14 @@ def test_default_toy_split_is_unchanged(tmp_path):
 
     c = BASE["captions"]
     assert c["source"] == "toy" and c["eval_source"] is None
-    make_captions(c["source"], c["eval_source"], c["eval_fraction"], BASE["seed"], tmp_path / "train.parquet", tmp_path / "eval.parquet")
+    make_captions(
+        c["source"],
+        c["eval_source"],
+        c["eval_fraction"],
+        BASE["seed"],
+        tmp_path / "train.parquet",
+        tmp_path / "eval.parquet",
+    )
     expected = old_split([w["prompt"] for w in world.captions()], c["eval_fraction"], BASE["seed"])
     for name, prompts in zip(("train", "eval"), expected):
         table = pd.read_parquet(tmp_path / f"{name}.parquet")
@@ -205,5 +221,6 @@ def test_an_edited_prompt_file_reruns_the_caption_stage(tmp_path):
     os.utime(repo / "data/pickscore/test.txt", (later, later))
     rerun = dry_run()
     assert "input: data/pickscore/train.txt, data/pickscore/test.txt" in rerun, rerun[-3000:]
-    assert re.search(r"rule captions:.*?reason: Updated input files: data/pickscore/test.txt", rerun, re.S), rerun[-3000:]
-
+    assert re.search(r"rule captions:.*?reason: Updated input files: data/pickscore/test.txt", rerun, re.S), rerun[
+        -3000:
+    ]

@@ -96,8 +96,12 @@ def test_standardised_mix_at_beta_0_gives_the_baselines_advantages(global_std):
                          for i in range(3)])
     baseline = group_advantages(quality, group_ids, global_std)
     assert torch.equal(group_advantages(rewards, group_ids, global_std), baseline)
-    old = torch.cat([(quality[group_ids == i] - quality[group_ids == i].mean()) / quality[group_ids == i].std(unbiased=False)
-                     for i in range(3)])
+    old = torch.cat(
+        [
+            (quality[group_ids == i] - quality[group_ids == i].mean()) / quality[group_ids == i].std(unbiased=False)
+            for i in range(3)
+        ]
+    )
     if global_std:  # the old z-scored mix changes the step size of groups with a small spread
         assert not torch.allclose(group_advantages(old, group_ids, global_std), baseline, atol=1e-2)
     # beta > 0 moves the advantages towards rare images, by the same unit in every group

@@ -22,11 +22,11 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from test_resume import LORA, assert_same_outputs, build_toy_backbone, toy_run_config
-from workflow_helpers import copy_repo
 
 from diversegrpo import config as C
 from diversegrpo import distributed
+from test_resume import LORA, assert_same_outputs, build_toy_backbone, toy_run_config
+from workflow_helpers import copy_repo
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT / "src")}
@@ -104,7 +104,9 @@ def one_step(backbone_dir: Path, collective: distributed.Collective) -> dict:
     advantages = group_advantages(scores.rewards, scores.layout.group_ids, train.global_std, train.adv_clip)
     own = advantages[scores.layout.own]
     optimizer = RecordingAdamW(backbone.lora_parameters(), lr=train.lr, weight_decay=1e-4)
-    stats = train_on_rollout(backbone, optimizer, mine, own, method, train, torch.Generator().manual_seed(3), collective)
+    stats = train_on_rollout(
+        backbone, optimizer, mine, own, method, train, torch.Generator().manual_seed(3), collective
+    )
 
     # the group order: a rank-major gather, then group_ids == g, is the single-process order of group g
     gathered_ids, gathered_index = collective.gather(mine.group_ids), collective.gather(index)
@@ -143,7 +145,9 @@ def _worker(rank: int, world: int, port: int, backbone_dir: str, out: str) -> No
 @pytest.fixture(scope="module")
 def sharded_and_single(tiny_toy_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("ranks")
-    torch.multiprocessing.spawn(_worker, args=(WORLD, free_port(), str(tiny_toy_dir), str(out)), nprocs=WORLD, join=True)
+    torch.multiprocessing.spawn(
+        _worker, args=(WORLD, free_port(), str(tiny_toy_dir), str(out)), nprocs=WORLD, join=True
+    )
     ranks = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     single = one_step(tiny_toy_dir, distributed.SingleProcess())
     return ranks, single
@@ -253,18 +257,22 @@ def test_train_rule_uses_the_launcher_exactly_when_processes_exceed_one(tmp_path
     override = tmp_path / "processes.yaml"  # diverse_grpo on 2 processes, the other methods on 1
     override.write_text(yaml.safe_dump({"methods": {"diverse_grpo": {"train": {"processes": 2}}}}))
     result = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", "-p", "--cores", "1", "--configfile", "config/tiny.yaml", str(override)],
+        [sys.executable, "-m", "snakemake", "-n", "-p", "--cores", "1",
+         "--configfile", "config/tiny.yaml", str(override)],
         cwd=work, capture_output=True, text=True, timeout=300, env=ENV,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    commands = [line.strip() for line in (result.stdout + result.stderr).splitlines() if "-m diversegrpo.train " in line]
+    commands = [
+        line.strip() for line in (result.stdout + result.stderr).splitlines() if "-m diversegrpo.train " in line
+    ]
     config = C.deep_merge(C.load(ROOT / "config/config.yaml"), C.load(ROOT / "config/tiny.yaml"))
     runs = [(r, m) for r in config["runs"]["rewards"] for m in config["runs"]["methods"]]
     assert len(commands) == len(runs), commands
     for reward, method in runs:
         out = f"results/runs/toy/{reward}/{method}"
         prefix = " ".join(launcher(2)) if method == "diverse_grpo" else sys.executable
-        wanted = f"{prefix} -m diversegrpo.train --run-config {out}/config.json --out {out} > logs/train/toy/{reward}/{method}.log 2>&1"
+        wanted = (f"{prefix} -m diversegrpo.train --run-config {out}/config.json --out {out} "
+                  f"> logs/train/toy/{reward}/{method}.log 2>&1")
         assert any(c.endswith(wanted) for c in commands), f"{wanted}\nnot in\n" + "\n".join(commands)
 
 

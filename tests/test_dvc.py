@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from workflow_helpers import copy_repo, jobs_in_log
 
 REPO = Path(__file__).resolve().parents[1]
@@ -134,7 +135,7 @@ def test_metrics_show_reports_the_table(repro):
     assert metrics == json.loads((work / "results/report/summary.json").read_text())
     assert metrics and all(isinstance(v, (int, float)) for v in metrics.values())
 
-    lines = [l for l in (work / "results/report/table.md").read_text().splitlines() if l.startswith("|")]
+    lines = [line for line in (work / "results/report/table.md").read_text().splitlines() if line.startswith("|")]
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     names = {h: c for c, h, *_ in report.COLUMNS}
     in_table = {}
@@ -194,7 +195,10 @@ def test_new_beta_reruns_only_the_affected_phases_and_jobs(repro):
     assert ("evaluate" in ran_stages) == samples_changed, (ran_stages, samples_changed)
     per_run = {"run_config", "train", "sample", "evaluate"}
     ran = jobs_in_log(out)
-    allowed = {(r, f"toy/{rw}/diverse_grpo") for r in per_run for rw in MATRIX["rewards"]} | {("report", ""), ("all", "")}
+    allowed = {(r, f"toy/{rw}/diverse_grpo") for r in per_run for rw in MATRIX["rewards"]} | {
+        ("report", ""),
+        ("all", ""),
+    }
     assert set(ran) <= allowed, f"jobs outside diverse_grpo's runs reran: {set(ran) - allowed}"
     for rw in MATRIX["rewards"]:
         assert ran[("train", f"toy/{rw}/diverse_grpo")] == 1

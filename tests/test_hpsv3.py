@@ -181,7 +181,11 @@ def make_world(root: Path) -> dict:
     ref = root / "reference_backbone"
     ref.mkdir()
     (ref / "config.json").write_text(json.dumps(config | {"vocab_size": rows}))
-    save_file({k: v for k, v in state.items() if not k.startswith("rm_head.")}, str(ref / "model.safetensors"), {"format": "pt"})
+    save_file(
+        {k: v for k, v in state.items() if not k.startswith("rm_head.")},
+        str(ref / "model.safetensors"),
+        {"format": "pt"},
+    )
     return {"cache": cache, "base": base, "checkpoint": ckpt_dir / "HPSv3.safetensors", "state": state,
             "reference": ref, "ids": ids}
 
@@ -272,8 +276,12 @@ def test_score_equals_the_reference_computation(world, reward, mu_sigma):
 
 def test_non_square_images_follow_the_reference_size(world, reward):
     imgs = images(1, 32, 48, seed=1)
-    torch.testing.assert_close(reward.mu_sigma(imgs, PROMPTS[:1]), reference_mu_sigma(world, imgs, PROMPTS[:1], (392, 560)),
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        reward.mu_sigma(imgs, PROMPTS[:1]),
+        reference_mu_sigma(world, imgs, PROMPTS[:1], (392, 560)),
+        atol=1e-5,
+        rtol=1e-5,
+    )
 
 
 def test_smart_resize_matches_qwen2_vl():
@@ -319,15 +327,23 @@ def _write_variant(world, tmp_path, change) -> Path:
     return path
 
 
-@pytest.mark.parametrize("change, match", [
-    (lambda s: s.pop("rm_head.5.bias"), r"missing keys \['rm_head.5.bias'\]"),
-    (lambda s: s.pop("lm_head.weight"), r"missing keys \['lm_head.weight'\]"),
-    (lambda s: s.pop("visual.merger.mlp.2.weight"), r"missing keys \['visual.merger.mlp.2.weight'\]"),
-    (lambda s: s.update({"rm_head.7.weight": torch.zeros(1)}), r"unexpected keys \['rm_head.7.weight'\]"),
-    (lambda s: s.update({"model.model.norm.weight": s.pop("model.norm.weight")}),
-     r"missing keys \['model.norm.weight'\]; unexpected keys \['model.model.norm.weight'\]"),
-    (lambda s: s.update({"rm_head.3.weight": torch.zeros(8, 1024)}), r"rm_head.3.weight: \(8, 1024\) \(expected \(16, 1024\)\)"),
-])
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (lambda s: s.pop("rm_head.5.bias"), r"missing keys \['rm_head.5.bias'\]"),
+        (lambda s: s.pop("lm_head.weight"), r"missing keys \['lm_head.weight'\]"),
+        (lambda s: s.pop("visual.merger.mlp.2.weight"), r"missing keys \['visual.merger.mlp.2.weight'\]"),
+        (lambda s: s.update({"rm_head.7.weight": torch.zeros(1)}), r"unexpected keys \['rm_head.7.weight'\]"),
+        (
+            lambda s: s.update({"model.model.norm.weight": s.pop("model.norm.weight")}),
+            r"missing keys \['model.norm.weight'\]; unexpected keys \['model.model.norm.weight'\]",
+        ),
+        (
+            lambda s: s.update({"rm_head.3.weight": torch.zeros(8, 1024)}),
+            r"rm_head.3.weight: \(8, 1024\) \(expected \(16, 1024\)\)",
+        ),
+    ],
+)
 def test_checkpoint_keys_are_all_consumed(world, tmp_path, monkeypatch, change, match):
     from diversegrpo.rewards.hpsv3 import CheckpointMismatch
 
@@ -350,7 +366,9 @@ def test_missing_weights_say_what_to_fetch(world, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(world["cache"]))
     with pytest.raises(ModelNotFound, match="HPSv3 base model .*huggingface-cli download Qwen/Qwen2-VL-2B"):
         build_reward(dict(SPEC, base_model="Qwen/Qwen2-VL-2B-Instruct"))
-    with pytest.raises(ModelNotFound, match="HPSv3 checkpoint .*huggingface-cli download MizzenAI/HPSv3 nope.safetensors"):
+    with pytest.raises(
+        ModelNotFound, match="HPSv3 checkpoint .*huggingface-cli download MizzenAI/HPSv3 nope.safetensors"
+    ):
         build_reward(dict(SPEC, checkpoint="nope.safetensors"))
 
 

@@ -49,7 +49,9 @@ print(json.dumps({"after_imports": after_imports, "after_job": sorted(sys.module
 @pytest.fixture(scope="module")
 def loaded() -> dict[str, set[str]]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT / "src")}
-    result = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     return {k: set(v) for k, v in json.loads(result.stdout.splitlines()[-1]).items()}
 

@@ -13,7 +13,6 @@ import torch
 from diversegrpo.backbones.flux import FluxBackbone
 from diversegrpo.backbones.sd3 import SD3Backbone
 from diversegrpo.sde import sde_step
-
 from paper_fixtures import BACKBONE_SPEC, RESOLUTION, perturb_lora, tiny_flux_pipeline, tiny_sd3_pipeline
 
 KINDS = {"sd3": (tiny_sd3_pipeline, SD3Backbone, 4.5), "flux": (tiny_flux_pipeline, FluxBackbone, 3.5)}
@@ -262,7 +261,11 @@ def test_only_lora_trains_and_adapter_off_is_the_base(kind, tmp_path):
     with bb.adapter_disabled():
         torch.testing.assert_close(bb.velocity(x, 0.6, cond, g), base)
     tuned.pow(2).mean().backward()
-    no_grad = {n for n, p in bb.transformer.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum())}
+    no_grad = {
+        n
+        for n, p in bb.transformer.named_parameters()
+        if p.requires_grad and (p.grad is None or not p.grad.abs().sum())
+    }
     # SD3's last block is context_pre_only: its text queries feed an output that is thrown away.
     last = f"transformer_blocks.{len(bb.transformer.transformer_blocks) - 1}.attn.add_q_proj"
     assert no_grad == ({f"{last}.lora_{m}.default.weight" for m in "AB"} if kind == "sd3" else set())
@@ -360,7 +363,11 @@ def test_one_grpo_iteration_trains_only_the_lora(kind, method, tmp_path):
     bb.add_lora()
     frozen = {n: p.detach().clone() for n, p in bb.transformer.named_parameters() if ".lora_" not in n}
     lora = {n: p.detach().clone() for n, p in bb.transformer.named_parameters() if ".lora_" in n}
-    creative = trainer.CreativeSettings(beta=1.0, mix="standardised", k=2, sigma="median") if method == "diverse_grpo" else None
+    creative = (
+        trainer.CreativeSettings(beta=1.0, mix="standardised", k=2, sigma="median")
+        if method == "diverse_grpo"
+        else None
+    )
     settings = trainer.MethodSettings(
         regularizer="none" if method == "flow_grpo" else "sa_reg",
         reg_weight=0.0 if method == "flow_grpo" else 1.0, sa_steps=0 if method == "flow_grpo" else 1, creative=creative,
@@ -370,7 +377,9 @@ def test_one_grpo_iteration_trains_only_the_lora(kind, method, tmp_path):
     optimizer = torch.optim.AdamW(bb.lora_parameters(), lr=train.lr)
     reward = lambda images, prompts: images.mean(dim=(1, 2, 3))  # noqa: E731  brightness: differs across the group
     embed = lambda images: torch.nn.functional.adaptive_avg_pool2d(images, 4).flatten(1)  # noqa: E731
-    log = trainer.grpo_iteration(bb, optimizer, PROMPTS, reward, embed, settings, train, torch.Generator().manual_seed(0))
+    log = trainer.grpo_iteration(
+        bb, optimizer, PROMPTS, reward, embed, settings, train, torch.Generator().manual_seed(0)
+    )
     assert np.isfinite(log.reward_mean) and log.stats.grad_norm > 0
     assert (method == "diverse_grpo") == np.isfinite(log.bonus_mean)
     for n, p in bb.transformer.named_parameters():

@@ -7,10 +7,9 @@ import pytest
 import torch
 
 from diversegrpo.features.dreamsim import preprocess
-from diversegrpo.features.inception import InceptionEmbedder, default_inception_path
+from diversegrpo.features.inception import default_inception_path
 from diversegrpo.registry import build_features
 from diversegrpo.weights import ModelNotFound, missing_models
-
 from paper_fixtures import build_dreamsim_cache
 
 
@@ -63,7 +62,9 @@ def test_inception_preprocessing_through_a_torchscript_file(tmp_path):
     class Probe(torch.nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, 299, 299) -> (B, 4): shape, min, max, mean
             b = x.shape[0]
-            stats = torch.stack([x.new_full((b,), float(x.shape[-1])), x.amin((1, 2, 3)), x.amax((1, 2, 3)), x.mean((1, 2, 3))], 1)
+            stats = torch.stack(
+                [x.new_full((b,), float(x.shape[-1])), x.amin((1, 2, 3)), x.amax((1, 2, 3)), x.mean((1, 2, 3))], 1
+            )
             return stats
 
     torch.jit.script(Probe()).save(str(tmp_path / "probe.pt"))

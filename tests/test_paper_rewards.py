@@ -12,7 +12,6 @@ import torch
 
 from diversegrpo.registry import build_reward
 from diversegrpo.weights import ModelNotFound
-
 from paper_fixtures import save_tiny_clip
 
 PROMPTS = ["a red cat", "a blue dog"]
@@ -40,7 +39,9 @@ def reference_pickscore(model_dir, processor_dir, imgs, prompts):
         pix = processor(images=[Image.fromarray(a) for a in u8], return_tensors="pt").pixel_values
         tok = processor(text=prompts, padding="max_length", truncation=True, max_length=77, return_tensors="pt")
         i = model.visual_projection(model.vision_model(pixel_values=pix).pooler_output)
-        t = model.text_projection(model.text_model(input_ids=tok.input_ids, attention_mask=tok.attention_mask).pooler_output)
+        t = model.text_projection(
+            model.text_model(input_ids=tok.input_ids, attention_mask=tok.attention_mask).pooler_output
+        )
         i, t = i / i.norm(dim=-1, keepdim=True), t / t.norm(dim=-1, keepdim=True)
         return model.logit_scale.exp() * (i * t).sum(-1)
 
@@ -51,7 +52,9 @@ def test_pickscore_matches_the_reference_computation(clip_dirs):
     imgs = images()
     scores = reward(imgs, PROMPTS)
     assert scores.shape == (2,) and scores.dtype == torch.float32
-    torch.testing.assert_close(scores, reference_pickscore(model_dir, processor_dir, imgs, PROMPTS) / 26, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        scores, reference_pickscore(model_dir, processor_dir, imgs, PROMPTS) / 26, atol=1e-4, rtol=1e-4
+    )
     assert scores[0] != scores[1]
     # a prompt changes the score, and chunking changes nothing
     assert reward(imgs, ["a green painting"] * 2)[0] != scores[0]

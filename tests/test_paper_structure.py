@@ -6,8 +6,6 @@ import copy
 
 import pytest
 import torch
-from test_resume import LORA, _run, toy_backbone, toy_run_config, train_in_process  # noqa: F401 (fixture)
-from test_trainer import lora_backbone
 
 from diversegrpo.ema import EMA, EmaSettings, ema_decay
 from diversegrpo.features.toy import PooledPixels
@@ -15,13 +13,17 @@ from diversegrpo.grpo import group_advantages
 from diversegrpo.rewards.toy import ColourReward
 from diversegrpo.sampling import sample_rollout
 from diversegrpo.trainer import MethodSettings, TrainSettings, score, train_on_rollout
+from test_resume import LORA, _run, toy_backbone, toy_run_config, train_in_process  # noqa: F401 (fixture)
+from test_trainer import lora_backbone
 
 PROMPTS = ["a red disc", "a green frame", "a blue cross"]
 SA_REG = MethodSettings(regularizer="sa_reg", reg_weight=1.0, sa_steps=2)
 
 
 def _rollout(backbone, micro_batch=None, seed=1):
-    return sample_rollout(backbone, PROMPTS, 4, 3, 1.5, 0.7, torch.Generator().manual_seed(seed), micro_batch=micro_batch)
+    return sample_rollout(
+        backbone, PROMPTS, 4, 3, 1.5, 0.7, torch.Generator().manual_seed(seed), micro_batch=micro_batch
+    )
 
 
 def _gradients(tiny_toy_dir, micro_batch):
@@ -38,7 +40,9 @@ def _gradients(tiny_toy_dir, micro_batch):
             pass
 
     optimizer = Frozen(backbone.lora_parameters(), lr=0.0)
-    stats = train_on_rollout(backbone, optimizer, rollout, advantages, SA_REG, settings, torch.Generator().manual_seed(2))
+    stats = train_on_rollout(
+        backbone, optimizer, rollout, advantages, SA_REG, settings, torch.Generator().manual_seed(2)
+    )
     return [p.grad.clone() for p in backbone.lora_parameters()], stats
 
 

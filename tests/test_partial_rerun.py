@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from workflow_helpers import copy_repo, jobs_in_log
 
 pytestmark = pytest.mark.slow

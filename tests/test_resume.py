@@ -34,7 +34,9 @@ def build_toy_backbone(directory: Path) -> Path:
     from diversegrpo.stages.pretrain import PretrainSettings, pretrain
 
     prompts = [c["prompt"] for c in world.captions()]
-    backbone, _ = pretrain(prompts, ToyConfig(num_layers=1, attention_head_dim=8), PretrainSettings(iterations=2, batch_size=4))
+    backbone, _ = pretrain(
+        prompts, ToyConfig(num_layers=1, attention_head_dim=8), PretrainSettings(iterations=2, batch_size=4)
+    )
     backbone.save(directory)
     return directory
 

@@ -16,7 +16,9 @@ METHODS = {
     "sa_reg": MethodSettings(regularizer="sa_reg", reg_weight=10.0, sa_steps=1),
     "diverse_grpo": MethodSettings(regularizer="sa_reg", reg_weight=10.0, sa_steps=1, creative=CreativeSettings(k=2)),
 }
-SETTINGS = TrainSettings(prompts_per_iteration=2, group_size=4, lr=1e-2, train_steps=3, guidance_scale=1.5, minibatches=2)
+SETTINGS = TrainSettings(
+    prompts_per_iteration=2, group_size=4, lr=1e-2, train_steps=3, guidance_scale=1.5, minibatches=2
+)
 
 
 def lora_backbone(path) -> ToyBackbone:
@@ -60,7 +62,9 @@ def test_rollout_log_probs_are_reproduced_by_the_train_pass_on_policy(tiny_toy_d
     for j in range(4):
         with torch.no_grad():
             v = backbone.velocity(rollout.latents[j], rollout.sigmas[j], rollout.cond, 1.5)
-        step = sde_step(rollout.latents[j], v, rollout.sigmas[j], rollout.sigmas[j + 1], 0.7, prev_sample=rollout.latents[j + 1])
+        step = sde_step(
+            rollout.latents[j], v, rollout.sigmas[j], rollout.sigmas[j + 1], 0.7, prev_sample=rollout.latents[j + 1]
+        )
         torch.testing.assert_close(step.log_prob, rollout.log_probs[j], rtol=0, atol=1e-5)
 
 

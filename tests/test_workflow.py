@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from workflow_helpers import copy_repo
 from safetensors.torch import load_file
+
+from workflow_helpers import copy_repo
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -41,7 +42,8 @@ def test_every_run_wrote_a_lora_log_and_curve(tiny_run):
         assert lora and all("lora_" in k and k.startswith("transformer.") for k in lora)
         log = pd.read_parquet(run / "log.parquet")
         assert list(log.iteration) == [0, 1]
-        for column in ("reward_mean", "reward_std", "diversity", "clusters", "bonus_mean", "regularizer", "clipfrac", "mode_entropy"):
+        for column in ("reward_mean", "reward_std", "diversity", "clusters", "bonus_mean", "regularizer", "clipfrac",
+                       "mode_entropy"):
             assert column in log
         timings = pd.read_parquet(run / "timings.parquet")
         assert list(timings.iteration) == [0, 1] and (timings.seconds_train > 0).all()
@@ -69,7 +71,8 @@ def test_samples_share_prompts_and_seeds_and_carry_every_reward(tiny_run):
 def test_metrics_and_report(tiny_run):
     metrics = pd.read_parquet(tiny_run / "results/metrics/toy/colour/diverse_grpo.parquet")
     overall = metrics[metrics.scope == "overall"].set_index("metric").value
-    for name in ("diversity", "ssim_diversity", "fd_base", "irs_base", "fd_world", "mode_entropy", "mode_coverage", "reward_colour"):
+    for name in ("diversity", "ssim_diversity", "fd_base", "irs_base", "fd_world", "mode_entropy", "mode_coverage",
+                 "reward_colour"):
         assert name in overall.index
     errors = metrics[metrics.scope == "overall_se"].set_index("metric").value
     assert {"diversity", "mode_entropy", "valid_share", "reward_colour"} <= set(errors.index) and (errors >= 0).all()
@@ -81,7 +84,8 @@ def test_metrics_and_report(tiny_run):
     assert f"{overall['diversity']:.4f} ± {errors['diversity']:.4f}" in table
     summary = json.loads((tiny_run / "results/report/summary.json").read_text())
     assert summary["toy/colour/diverse_grpo/diversity"] == pytest.approx(overall["diversity"], abs=1e-6)
-    for name in ("pareto.png", "curves.png", "grids/toy_colour.png", "grids/toy_contrast.png", "table.tex", "pareto.csv"):
+    for name in ("pareto.png", "curves.png", "grids/toy_colour.png", "grids/toy_contrast.png", "table.tex",
+                 "pareto.csv"):
         assert (tiny_run / "results/report" / name).stat().st_size > 0
 
 

@@ -100,7 +100,11 @@ def exploration_bonus(
     k_max: int = 6,
 ) -> ExplorationBonus:
     """Spectral-cluster one prompt's group from its (N, N) distances; bonus sqrt(N / n_k) per image."""
-    d = distances.detach().cpu().double().numpy() if isinstance(distances, torch.Tensor) else np.asarray(distances, float)
+    d = (
+        distances.detach().cpu().double().numpy()
+        if isinstance(distances, torch.Tensor)
+        else np.asarray(distances, float)
+    )
     n = d.shape[0]
     if n < 2:
         raise ValueError(f"a group needs at least 2 images for the creative reward, got {n}")

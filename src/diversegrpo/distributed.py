@@ -50,7 +50,7 @@ class Collective(ABC):
     def barrier(self) -> None:
         """Return when every process has reached this point."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (an optional hook, not abstract: one process has nothing to release)
         """Release the process group (nothing for one process)."""
 
 
@@ -77,7 +77,9 @@ class TorchDistributed(Collective):
         import torch.distributed as dist
 
         if not dist.is_initialized():
-            raise RuntimeError("TorchDistributed needs an initialised process group (torch.distributed.init_process_group)")
+            raise RuntimeError(
+                "TorchDistributed needs an initialised process group (torch.distributed.init_process_group)"
+            )
         self._dist = dist
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         device = torch.device(device)

@@ -44,7 +44,9 @@ def _members(prompts: list[str]) -> dict[str, np.ndarray]:
     return {p: np.nonzero(prompts_arr == p)[0] for p in dict.fromkeys(prompts)}
 
 
-def _image_means(members: np.ndarray, rewards: dict[str, torch.Tensor], labels: world.Labels | None) -> dict[str, float]:
+def _image_means(
+    members: np.ndarray, rewards: dict[str, torch.Tensor], labels: world.Labels | None
+) -> dict[str, float]:
     """Of one prompt's images (indices; a bootstrap resample repeats some): the mean of each reward
     and, given the toy world's labels, the ground truth."""
     idx = torch.from_numpy(members)
@@ -103,6 +105,8 @@ def score_rewards(images: torch.Tensor, prompts: list[str], rewards: dict[str, R
         values = fn(images, prompts).float().cpu()
         if not torch.isfinite(values).all():
             bad = (~torch.isfinite(values)).nonzero().flatten().tolist()
-            raise FloatingPointError(f"reward {name!r} is not finite for images {bad[:8]} ({[prompts[i] for i in bad[:3]]})")
+            raise FloatingPointError(
+                f"reward {name!r} is not finite for images {bad[:8]} ({[prompts[i] for i in bad[:3]]})"
+            )
         out[name] = values
     return out

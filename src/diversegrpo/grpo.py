@@ -19,7 +19,9 @@ def _group_means(values: torch.Tensor, inverse: torch.Tensor, counts: torch.Tens
     return (sums / counts)[inverse]
 
 
-def advantage_scale(rewards: torch.Tensor, group_ids: torch.Tensor, global_std: bool = False, eps: float = 1e-4) -> torch.Tensor:
+def advantage_scale(
+    rewards: torch.Tensor, group_ids: torch.Tensor, global_std: bool = False, eps: float = 1e-4
+) -> torch.Tensor:
     """(B,) float64: what `group_advantages` divides each centred reward by, std + eps, the std taken over the
     sample's group or over the whole batch. The creative mix expresses the bonus in this unit."""
     rewards = rewards.double()
@@ -43,7 +45,9 @@ def group_advantages(
     """
     rewards = rewards.double()
     inverse, counts = _dense(group_ids)
-    advantages = (rewards - _group_means(rewards, inverse, counts)) / advantage_scale(rewards, group_ids, global_std, eps)
+    advantages = (rewards - _group_means(rewards, inverse, counts)) / advantage_scale(
+        rewards, group_ids, global_std, eps
+    )
     if clip is not None:
         advantages = advantages.clamp(-clip, clip)
     return advantages.float()

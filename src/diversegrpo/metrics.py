@@ -83,4 +83,7 @@ def mode_statistics(modes: np.ndarray, valid: np.ndarray, num_modes: int) -> dic
     if total == 0:
         return {"mode_coverage": 0.0, "mode_entropy": 0.0}
     p = hist[hist > 0] / total
-    return {"mode_coverage": float((hist > 0).sum() / num_modes), "mode_entropy": float(-(p * np.log(p)).sum() / np.log(num_modes))}
+    return {
+        "mode_coverage": float((hist > 0).sum() / num_modes),
+        "mode_entropy": float(-(p * np.log(p)).sum() / np.log(num_modes)),
+    }

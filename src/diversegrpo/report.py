@@ -47,7 +47,9 @@ def paper_table(table: pd.DataFrame, rewards: list[str]) -> pd.DataFrame:
 
 def to_markdown(table: pd.DataFrame, errors: pd.DataFrame | None = None) -> str:
     """Table 1 in Markdown; with `errors` (the same table of standard errors) a cell reads "value ± error"."""
-    headers = {c: h for c, h, _ in COLUMNS} | {c: c.removeprefix("reward_") + "↑" for c in table if c.startswith("reward_")}
+    headers = {c: h for c, h, _ in COLUMNS} | {
+        c: c.removeprefix("reward_") + "↑" for c in table if c.startswith("reward_")
+    }
     cols = list(table.columns)
     lines = ["| " + " | ".join(headers.get(c, c) for c in cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(cells) + " |" for cells in _cells(table, errors, "±")]
@@ -59,7 +61,9 @@ def to_latex(table: pd.DataFrame, errors: pd.DataFrame | None = None) -> str:
     cols = list(table.columns)
     head = " & ".join(headers.get(c, c.replace("_", r"\_")) for c in cols)
     body = [" & ".join(c.replace("_", r"\_") for c in cells) + r" \\" for cells in _cells(table, errors, r"$\pm$")]
-    return "\n".join([r"\begin{tabular}{" + "l" * 3 + "r" * (len(cols) - 3) + "}", r"\toprule", head + r" \\", r"\midrule", *body, r"\bottomrule", r"\end{tabular}"]) + "\n"
+    lines = [r"\begin{tabular}{" + "l" * 3 + "r" * (len(cols) - 3) + "}", r"\toprule", head + r" \\", r"\midrule",
+             *body, r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
 
 
 def _cells(table: pd.DataFrame, errors: pd.DataFrame | None, pm: str) -> list[list[str]]:
@@ -85,7 +89,13 @@ def summary(table: pd.DataFrame) -> dict:
     out = {}
     for row in table.to_dict("records"):
         key = f"{row['backbone']}/{row['reward']}/{row['method']}"
-        out.update({f"{key}/{k}": round(float(v), 6) for k, v in row.items() if k not in ("backbone", "reward", "method") and pd.notna(v)})
+        out.update(
+            {
+                f"{key}/{k}": round(float(v), 6)
+                for k, v in row.items()
+                if k not in ("backbone", "reward", "method") and pd.notna(v)
+            }
+        )
     return out
 
 
@@ -93,8 +103,17 @@ def pareto_data(curves: dict[tuple[str, str, str], pd.DataFrame]) -> pd.DataFram
     rows = []
     for (backbone, reward, method), curve in curves.items():
         for r in curve.to_dict("records"):
-            rows.append({"run": f"{backbone}/{reward}/{method}", "backbone": backbone, "reward": reward, "method": method,
-                         "iteration": int(r["iteration"]), "diversity": r["diversity"], "reward_value": r["reward_reward"]})
+            rows.append(
+                {
+                    "run": f"{backbone}/{reward}/{method}",
+                    "backbone": backbone,
+                    "reward": reward,
+                    "method": method,
+                    "iteration": int(r["iteration"]),
+                    "diversity": r["diversity"],
+                    "reward_value": r["reward_reward"],
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -109,13 +128,21 @@ def plot_pareto(data: pd.DataFrame, final: pd.DataFrame, path) -> None:
             curve = curve.sort_values("iteration")
             (line,) = ax.plot(curve.diversity, curve.reward_value, "-o", ms=3, label=f"{method} (training)")
             colours[method] = line.get_color()
-            ax.annotate(str(curve.iteration.iloc[-1]), (curve.diversity.iloc[-1], curve.reward_value.iloc[-1]), fontsize=7)
+            ax.annotate(
+                str(curve.iteration.iloc[-1]), (curve.diversity.iloc[-1], curve.reward_value.iloc[-1]), fontsize=7
+            )
         rows = final[(final.backbone == backbone) & (final.reward == reward)]
         for row in rows.itertuples(index=False):
             value = getattr(row, f"reward_{reward}", None)
             if value is not None:
                 ax.scatter(row.diversity, value, marker="*", s=120, color=colours.get(row.method, "black"), zorder=3)
-                ax.annotate(f"{row.method} (final)", (row.diversity, value), fontsize=7, xytext=(4, -8), textcoords="offset points")
+                ax.annotate(
+                    f"{row.method} (final)",
+                    (row.diversity, value),
+                    fontsize=7,
+                    xytext=(4, -8),
+                    textcoords="offset points",
+                )
         ax.set(title=f"{backbone} / {reward}", xlabel="diversity (mean pairwise distance)", ylabel=f"{reward} reward")
         ax.legend(fontsize=7)
     _save(fig, path)
@@ -124,7 +151,7 @@ def plot_pareto(data: pd.DataFrame, final: pd.DataFrame, path) -> None:
 def plot_curves(logs: dict[tuple[str, str, str], pd.DataFrame], path) -> None:
     metrics = ["reward_mean", "diversity", "clusters", "regularizer"]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.5))
-    for (backbone, reward, method), log in logs.items():
+    for (_backbone, reward, method), log in logs.items():
         for ax, m in zip(axes, metrics):
             smooth = log[m].rolling(5, min_periods=1).mean()
             ax.plot(log.iteration, smooth, label=f"{reward}/{method}")
@@ -136,7 +163,9 @@ def plot_curves(logs: dict[tuple[str, str, str], pd.DataFrame], path) -> None:
 def plot_grid(samples: dict[str, pd.DataFrame], prompts: list[str], n_images: int, path) -> None:
     """Rows: runs (base first); columns: the same prompts and seeds."""
     runs = list(samples)
-    fig, axes = plt.subplots(len(runs), len(prompts), figsize=(1.2 * n_images * len(prompts), 1.4 * len(runs)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(runs), len(prompts), figsize=(1.2 * n_images * len(prompts), 1.4 * len(runs)), squeeze=False
+    )
     for i, run in enumerate(runs):
         table = samples[run]
         for j, prompt in enumerate(prompts):

@@ -85,7 +85,8 @@ def sample_images(
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
         noise = torch.stack([
-            backbone.initial_noise(1, torch.Generator().manual_seed(seed * 100_003 + start + j))[0] for j in range(len(chunk))
+            backbone.initial_noise(1, torch.Generator().manual_seed(seed * 100_003 + start + j))[0]
+            for j in range(len(chunk))
         ])
         cond = backbone.encode_prompts(chunk)
         sigmas = backbone.sigmas(num_steps)

@@ -86,7 +86,9 @@ def sde_step(
             noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         prev_sample = mean + std * noise
     prev_sample = prev_sample.float()
-    return StepResult(sample=prev_sample, mean=mean, std=std.reshape(-1), log_prob=gaussian_log_prob(prev_sample, mean, std))
+    return StepResult(
+        sample=prev_sample, mean=mean, std=std.reshape(-1), log_prob=gaussian_log_prob(prev_sample, mean, std)
+    )
 
 
 def _flow_grpo_sde(x, velocity, sigma, sigma_next, dt, noise_level):

@@ -218,8 +218,13 @@ def train_on_rollout(
     grad_norm = 0.0  # mean over the optimizer steps
     for minibatch in order.chunk(settings.minibatches):
         for chunk in minibatch.split(settings.micro_batch or len(minibatch)):
-            sums += accumulate_gradients(backbone, rollout, advantages, chunk, len(chunk) / len(minibatch), method, settings)
-        grad_norm += optimizer_step(backbone, optimizer, collective, settings.max_grad_norm, rollout, minibatch, ema) / settings.minibatches
+            sums += accumulate_gradients(
+                backbone, rollout, advantages, chunk, len(chunk) / len(minibatch), method, settings
+            )
+        grad_norm += (
+            optimizer_step(backbone, optimizer, collective, settings.max_grad_norm, rollout, minibatch, ema)
+            / settings.minibatches
+        )
     if collective.world_size > 1:  # means over equal-sized shares: their average is the whole batch's
         shared = torch.from_numpy(sums)
         collective.mean_([shared])
@@ -247,11 +252,15 @@ def accumulate_gradients(
         if regularizers.needs_reference(method.regularizer, j, method.sa_steps):
             with torch.no_grad(), backbone.adapter_disabled():
                 v_ref = backbone.velocity(x, sigma, cond, settings.guidance_scale)
-                ref_mean = sde_step(x, v_ref, sigma, sigma_next, settings.noise_level, prev_sample=x_next, sde_type=settings.sde_type).mean
+                ref_mean = sde_step(
+                    x, v_ref, sigma, sigma_next, settings.noise_level, prev_sample=x_next, sde_type=settings.sde_type
+                ).mean
         reg_per_sample = regularizers.penalty(method.regularizer, step.mean, ref_mean, step.std, j, method.sa_steps)
         reg = reg_per_sample.mean()
         loss = policy.loss + method.reg_weight * reg
-        values = torch.stack([loss, policy.loss, reg, policy.clipfrac, policy.approx_kl]).detach().double().cpu().numpy()
+        values = (
+            torch.stack([loss, policy.loss, reg, policy.clipfrac, policy.approx_kl]).detach().double().cpu().numpy()
+        )
         if not np.isfinite(values[0]):  # before backward: a NaN must never reach the gradients
             _raise_non_finite(j, values, step.log_prob.detach() + reg_per_sample.detach(), chunk, rollout.prompts)
         (loss * weight / settings.trained_steps).backward()  # weight 1: bit-identical to loss / steps
@@ -276,7 +285,9 @@ def optimizer_step(
     grad_norm = float(torch.nn.utils.clip_grad_norm_(backbone.lora_parameters(), max_grad_norm))
     if not np.isfinite(grad_norm):
         prompts = sorted({rollout.prompts[i] for i in minibatch.tolist()})
-        raise FloatingPointError(f"non-finite gradient norm on a minibatch with prompts {prompts[:8]}; no optimizer step taken")
+        raise FloatingPointError(
+            f"non-finite gradient norm on a minibatch with prompts {prompts[:8]}; no optimizer step taken"
+        )
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     if ema is not None:

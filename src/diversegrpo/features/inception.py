@@ -13,6 +13,7 @@ torchmetrics' `FrechetInceptionDistance(feature=embedder)` (it has `num_features
 from __future__ import annotations
 
 import os
+
 import torch
 import torch.nn.functional as F
 

@@ -23,7 +23,8 @@ class CLIPScore:
 
     @torch.no_grad()
     def _score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        cos = (image_embeds(self.model, self.processor, images) * text_embeds(self.model, self.processor, prompts)).sum(-1)
+        image, text = image_embeds(self.model, self.processor, images), text_embeds(self.model, self.processor, prompts)
+        cos = (image * text).sum(-1)
         return self.weight * cos.clamp_min(0)  # (B,)
 
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:

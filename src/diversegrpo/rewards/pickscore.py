@@ -24,7 +24,8 @@ class PickScore:
 
     @torch.no_grad()
     def _score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        cos = (image_embeds(self.model, self.processor, images) * text_embeds(self.model, self.processor, prompts)).sum(-1)
+        image, text = image_embeds(self.model, self.processor, images), text_embeds(self.model, self.processor, prompts)
+        cos = (image * text).sum(-1)
         return self.model.logit_scale.exp().float() * cos / self.divisor  # (B,)
 
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:

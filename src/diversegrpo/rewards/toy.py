@@ -74,7 +74,9 @@ class _ToyReward:
     def from_spec(cls, spec: dict, device="cpu") -> "_ToyReward":
         return cls(spec.get("taste", TASTE))
 
-    def quality(self, images: torch.Tensor, weight: torch.Tensor, area: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+    def quality(
+        self, images: torch.Tensor, weight: torch.Tensor, area: torch.Tensor, prompts: list[str]
+    ) -> torch.Tensor:
         """(B,) in [0, 1] from (B, 3, H, W) images, their (B, H, W) soft foreground and (B,) its area."""
         raise NotImplementedError
 

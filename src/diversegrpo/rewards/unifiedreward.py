@@ -40,7 +40,9 @@ def parse_score(text: str) -> float:
 class UnifiedReward:
     def __init__(self, endpoint: str, model: str, api_key: str | None = None, template: str = TEMPLATE,
                  timeout: float = 120.0, max_tokens: int = 512):
-        self.url = endpoint.rstrip("/") + ("" if endpoint.rstrip("/").endswith("/chat/completions") else "/chat/completions")
+        self.url = endpoint.rstrip("/") + (
+            "" if endpoint.rstrip("/").endswith("/chat/completions") else "/chat/completions"
+        )
         self.model, self.api_key, self.template = model, api_key, template
         self.timeout, self.max_tokens = float(timeout), int(max_tokens)
 

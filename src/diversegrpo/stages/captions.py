@@ -88,7 +88,9 @@ def _raw_prompts(path: Path) -> tuple[list, str]:
         except UnicodeDecodeError as e:
             raise CaptionError(f"caption file {path} is not UTF-8 (byte {e.start}): re-encode it as UTF-8") from None
         except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-            raise CaptionError(f"caption file {path} is not a readable CSV with a 'prompt' column header: {e}") from None
+            raise CaptionError(
+                f"caption file {path} is not a readable CSV with a 'prompt' column header: {e}"
+            ) from None
         kind = "row"  # 1-based data rows (the header is not counted)
     elif path.suffix == ".parquet":
         try:
@@ -128,7 +130,9 @@ def read_prompt_file(path: str | Path) -> PromptFile:
             try:
                 cell = cell.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise CaptionError(f"caption file {path}: {kind} {number} is not UTF-8 (byte {e.start}): re-encode it as UTF-8") from None
+                raise CaptionError(
+                    f"caption file {path}: {kind} {number} is not UTF-8 (byte {e.start}): re-encode it as UTF-8"
+                ) from None
         if not isinstance(cell, str):
             raise CaptionError(f"caption file {path}: {kind} {number} holds {type(cell).__name__} {cell!r}, not text")
         prompt = unicodedata.normalize("NFC", cell).strip()
@@ -192,12 +196,18 @@ def choose(source: PromptFile | list[str], eval_source: PromptFile | None, eval_
         notes.append(f"captions.source toy: the world's {len(prompts)} captions")
     if eval_source is None:
         if eval_fraction is None:
-            raise CaptionError("captions.eval_fraction is required (a number in (0, 1)) unless captions.eval_source is set")
+            raise CaptionError(
+                "captions.eval_fraction is required (a number in (0, 1)) unless captions.eval_source is set"
+            )
         if len(prompts) < 2 and isinstance(source, PromptFile):
-            raise CaptionError(f"caption file {source.path} holds {len(prompts)} distinct prompt; at least 2 are needed "
-                               f"(one to train on, one to evaluate), or set captions.eval_source")
+            raise CaptionError(
+                f"caption file {source.path} holds {len(prompts)} distinct prompt; at least 2 are needed "
+                f"(one to train on, one to evaluate), or set captions.eval_source"
+            )
         train, held_out = split(prompts, eval_fraction, seed)
-        notes.append(f"split by captions.eval_fraction {eval_fraction} (seed {seed}): {len(train)} train, {len(held_out)} eval")
+        notes.append(
+            f"split by captions.eval_fraction {eval_fraction} (seed {seed}): {len(train)} train, {len(held_out)} eval"
+        )
         return Captions(train, held_out, notes)
     if not isinstance(source, PromptFile):
         raise CaptionError("captions.eval_source needs captions.source to be a prompt file; the toy world's captions "

@@ -20,7 +20,9 @@ def load_images(table: pd.DataFrame) -> torch.Tensor:
     return torch.stack([png_tensor(b) for b in table.image])
 
 
-def evaluate_stage(samples: str, base_samples: str, features_spec: dict, toy_world: bool, labels: dict, out: str) -> None:
+def evaluate_stage(
+    samples: str, base_samples: str, features_spec: dict, toy_world: bool, labels: dict, out: str
+) -> None:
     embed = build_features(features_spec)
     run = pd.read_parquet(samples)
     images = load_images(run)
@@ -30,7 +32,9 @@ def evaluate_stage(samples: str, base_samples: str, features_spec: dict, toy_wor
     else:
         base = pd.read_parquet(base_samples)
         base_emb = embed(load_images(base))
-    rewards = {c.removeprefix("reward_"): torch.tensor(run[c].to_numpy()) for c in run.columns if c.startswith("reward_")}
+    rewards = {
+        c.removeprefix("reward_"): torch.tensor(run[c].to_numpy()) for c in run.columns if c.startswith("reward_")
+    }
     prompts = run.prompt.tolist()
     modes = world.label(images, prompts) if toy_world else None  # ground truth of the toy world
     table = per_prompt(images, prompts, emb, rewards, modes)

@@ -26,7 +26,9 @@ class PretrainSettings:
     seed: int = 0
 
 
-def flow_matching_loss(backbone: ToyBackbone, images: torch.Tensor, prompts: list[str], generator: torch.Generator) -> torch.Tensor:
+def flow_matching_loss(
+    backbone: ToyBackbone, images: torch.Tensor, prompts: list[str], generator: torch.Generator
+) -> torch.Tensor:
     """E || v_theta(x_sigma, sigma) - (noise - x0) ||^2 with sigma ~ logit-normal (SD3's choice)."""
     x0 = backbone.encode_images(images)  # (B, 3, H, W)
     noise = torch.randn(x0.shape, generator=generator)
@@ -37,13 +39,17 @@ def flow_matching_loss(backbone: ToyBackbone, images: torch.Tensor, prompts: lis
     return ((v - (noise - x0)) ** 2).mean()
 
 
-def pretrain(train_prompts: list[str], config: ToyConfig, settings: PretrainSettings) -> tuple[ToyBackbone, pd.DataFrame]:
+def pretrain(
+    train_prompts: list[str], config: ToyConfig, settings: PretrainSettings
+) -> tuple[ToyBackbone, pd.DataFrame]:
     """Train from scratch on the world's images of `train_prompts`; returns the model and its loss log."""
     torch.manual_seed(settings.seed)
     backbone = ToyBackbone(config)
     modules = backbone.trainable_modules().train()
     optimizer = torch.optim.AdamW(modules.parameters(), lr=settings.lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, settings.lr, total_steps=settings.iterations, pct_start=0.05)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, settings.lr, total_steps=settings.iterations, pct_start=0.05
+    )
     rng, generator = np.random.default_rng(settings.seed), torch.Generator().manual_seed(settings.seed)
     log, start = [], time.perf_counter()
     for it in tqdm(range(settings.iterations), desc="pre-train", mininterval=5):
@@ -62,7 +68,9 @@ def pretrain(train_prompts: list[str], config: ToyConfig, settings: PretrainSett
     return backbone, pd.DataFrame(log)
 
 
-def coverage(backbone: ToyBackbone, prompts: list[str], images_per_prompt: int, steps: int, guidance_scale: float, seed: int) -> pd.DataFrame:
+def coverage(
+    backbone: ToyBackbone, prompts: list[str], images_per_prompt: int, steps: int, guidance_scale: float, seed: int
+) -> pd.DataFrame:
     """One row per caption: valid share and mode histogram of the base model's ODE samples."""
     rows = []
     for i, prompt in enumerate(prompts):
@@ -84,7 +92,9 @@ def run_pretrain_stage(spec: dict, seed: int, threads: int, out: str) -> None:
     """Snakemake's `backbone` rule: pre-train on every caption of the world, report coverage."""
     torch.set_num_threads(threads)
     model = spec.get("model", {})
-    config = ToyConfig(**{k: model[k] for k in ("patch_size", "num_layers", "num_attention_heads", "attention_head_dim") if k in model})
+    config = ToyConfig(
+        **{k: model[k] for k in ("patch_size", "num_layers", "num_attention_heads", "attention_head_dim") if k in model}
+    )
     settings = PretrainSettings(
         iterations=model.get("pretrain_iterations", 1500), batch_size=model.get("pretrain_batch_size", 64),
         lr=model.get("pretrain_lr", 1e-3), caption_dropout=model.get("caption_dropout", 0.1), seed=seed,
