@@ -89,6 +89,8 @@ def _short(error) -> str:
     if error.validator == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
         return f"{error.message}; allowed keys: {allowed}"
+    if error.validator in ("pattern", "maxLength") and "description" in error.schema:
+        return f"{error.instance!r} is not {error.schema['description']}"
     if error.validator == "enum":
         return f"{error.instance!r} is not one of {error.validator_value}"
     return error.message
@@ -117,6 +119,7 @@ def semantic_errors(config: dict, root: Path = Path(".")) -> list[str]:
     for name in RESERVED_METHODS:
         if name in config["methods"]:
             errors.append(f"methods.{name}: the name {name!r} is reserved for the untrained reference run; choose another")
+    errors.extend(_name_collisions(config))
     counts = _caption_counts(config, root, errors)
     for name, method in config["methods"].items():
         merged = method_train(config, name)
@@ -181,6 +184,39 @@ def semantic_errors(config: dict, root: Path = Path(".")) -> list[str]:
         errors.append(f"report.grid_prompts: {report['grid_prompts']} exceeds the {shown} sampled evaluation prompts "
                       f"(sample.max_prompts / held-out prompts); allowed: 1..{shown}")
     return list(dict.fromkeys(errors))  # one message per problem, not one per method sharing it
+
+
+def _name_collisions(config: dict) -> list[str]:
+    """Names are folders and files under results/: two must never land on one path. A reward named
+    base or base.* sits beside the base run's own files (samples/<backbone>/base/, metrics/<backbone>/
+    base.parquet, logs/sample/<backbone>/base.log); names equal but for case are one folder on macOS
+    and Windows file systems; the report's grids join a backbone and a reward into one file name."""
+    errors = []
+    for name in config["rewards"]:
+        if name == "base" or name.startswith("base."):
+            errors.append(f"rewards.{name}: the name {name!r} is reserved (it would share a path with the untrained "
+                          f"reference run's files, e.g. results/samples/<backbone>/base/); choose another")
+    runs = config["runs"]
+    for section in ("backbones", "rewards", "methods"):
+        seen: dict[str, str] = {}
+        for name in runs[section]:
+            other = seen.setdefault(name.casefold(), name)
+            if other != name:
+                errors.append(f"runs.{section}: {other!r} and {name!r} differ only in case: one folder on case-insensitive "
+                              f"file systems (macOS, Windows); rename one")
+    grids: dict[str, tuple[str, str]] = {}
+    for b in runs["backbones"]:
+        for r in runs["rewards"]:
+            grid = GRID_NAME.format(backbone=b, reward=r)
+            other = grids.setdefault(grid.casefold(), (b, r))
+            if other != (b, r):
+                errors.append(f"runs: backbone {other[0]!r} x reward {other[1]!r} and backbone {b!r} x reward {r!r} "
+                              f"both make the report grid {grid!r}; rename one of these backbones or rewards")
+    return errors
+
+
+# The report's image grid of one (backbone, reward) pair, under results/report/grids/ (workflow/rules/report.smk).
+GRID_NAME = "{backbone}_{reward}.png"
 
 
 def _process_errors(train: dict, where: str) -> list[str]:
