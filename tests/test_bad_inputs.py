@@ -194,6 +194,40 @@ def test_toy_caption_count_matches_the_world():
     assert C.TOY_CAPTIONS == len(world.captions())
 
 
+# ----- config files: YAML that Snakemake (and yaml.safe_load) would take with a key silently lost ----------
+# (id, file text, distinctive part of the message); every message names the file too
+BAD_CONFIG_FILES = [
+    ("duplicate top-level key", "seed: 1\ntrain: {iterations: 3}\nseed: 2\n", "key 'seed' is given twice (lines 1 and 3) in one mapping; only the last would be kept: remove one"),
+    ("duplicate nested key", "train:\n  lr: 1.0e-3\n  group_size: 4\n  lr: 2.0e-3\n", "key 'lr' is given twice (lines 2 and 4)"),
+    ("duplicate key in a flow mapping", "rewards:\n  colour: {kind: toy_colour, taste: 0.1, taste: 0.2}\n", "key 'taste' is given twice (lines 2 and 2)"),
+    ("duplicate method", "methods:\n  sa_reg: {regularizer: sa_reg}\n  flow_grpo: {regularizer: none}\n  sa_reg: {regularizer: none}\n", "key 'sa_reg' is given twice (lines 2 and 4)"),
+    ("duplicate key in JSON", '{"seed": 1, "seed": 2}', "key 'seed' is given twice in one mapping"),
+    ("duplicate key in tab-indented JSON", '{\n\t"train": {\n\t\t"lr": 0.1,\n\t\t"lr": 0.2\n\t}\n}', "key 'lr' is given twice in one mapping"),
+    ("not YAML", "train: {iterations: 3\n", "is not valid YAML"),
+    ("a list, not a mapping", "- seed: 1\n", "must hold a mapping of keys (e.g. `train: {iterations: 60}`), not list"),
+    ("empty file", "", "must hold a mapping of keys (e.g. `train: {iterations: 60}`), not NoneType"),
+]
+
+
+@pytest.mark.parametrize("text, message", [c[1:] for c in BAD_CONFIG_FILES], ids=[c[0] for c in BAD_CONFIG_FILES])
+def test_bad_config_file_names_the_file(tmp_path, text, message):
+    path = tmp_path / "override.yaml"
+    path.write_text(text)
+    with pytest.raises(C.ConfigError) as error:
+        C.load(path)
+    assert message in str(error.value) and str(path) in str(error.value), str(error.value)
+
+
+def test_merge_keys_may_override():
+    """`<<: *anchor` then the same key: an override, which YAML means; not a duplicate."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+        f.write("a: &a {x: 1, y: 2}\nb:\n  <<: *a\n  x: 3\n")
+        f.flush()
+        assert C.load(f.name) == {"a": {"x": 1, "y": 2}, "b": {"x": 3, "y": 2}}
+
+
 # ----- caption files -------------------------------------------------------------------------------------
 def _parquet(rows) -> bytes:
     import io
@@ -290,6 +324,18 @@ def test_bad_caption_file_fails_config_validation(tmp_path):
 
 
 # ----- the Snakefile validates before it builds the DAG ----------------------------------------------------------
+def test_snakemake_sees_a_duplicate_key(tmp_path):
+    """Snakemake loads --configfile itself (the last key wins): the workflow reads it again, strictly."""
+    bad = tmp_path / "dup.yaml"
+    bad.write_text("train:\n  iterations: 3\n  iterations: 4\n")
+    result = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", str(bad)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert f"config file '{bad}': key 'iterations' is given twice (lines 2 and 3)" in output, output[-3000:]
+    assert "Building DAG" not in output
+
+
 def test_snakemake_dry_run_fails_fast_on_a_bad_config(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"train": {"group_size": 12}, "methods": {"diverse_grpo": {"creative": {"k": 40}}}}))

@@ -7,6 +7,7 @@ any stage runs, with messages that name the key and the allowed values.
 from __future__ import annotations
 
 import copy
+import json
 import math
 from pathlib import Path
 
@@ -20,8 +21,62 @@ class ConfigError(ValueError):
     """A bad configuration; the message lists every problem found."""
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.safe_load, but a key given twice in one mapping is an error, not "the last one wins"
+    (merge keys, `<<: *anchor`, may still be overridden: that is what they are for)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:  # an unhashable key: SafeConstructor says so itself
+                    continue
+                if first is not key_node:
+                    raise _DuplicateKey(key, first.start_mark.line + 1, key_node.start_mark.line + 1)
+        return super().construct_mapping(node, deep=deep)
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key, first: int | None = None, again: int | None = None):
+        super().__init__(key, first, again)
+        self.key, self.first, self.again = key, first, again
+
+
+def _unique_pairs(pairs: list[tuple]) -> dict:
+    keys = [k for k, _ in pairs]
+    for key in keys:
+        if keys.count(key) > 1:
+            raise _DuplicateKey(key)
+    return dict(pairs)
+
+
 def load(path: str | Path) -> dict:
-    return yaml.safe_load(Path(path).read_text())
+    """A config file (YAML or JSON). A duplicate key, a YAML syntax error or a file that is not a mapping
+    of keys fails with a ConfigError naming the file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        try:  # JSON first, as Snakemake reads config files (a tab-indented JSON file is no YAML)
+            data = json.loads(text, object_pairs_hook=_unique_pairs)
+        except json.JSONDecodeError:
+            data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader)
+    except _DuplicateKey as e:
+        lines = f" (lines {e.first} and {e.again})" if e.first else ""
+        raise ConfigError(f"config file {str(path)!r}: key {e.key!r} is given twice{lines} in one mapping; "
+                          f"only the last would be kept: remove one") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {str(path)!r} cannot be read: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys (e.g. `train: {{iterations: 60}}`), "
+                          f"not {type(data).__name__}")
+    return data
 
 
 def deep_merge(base: dict, override: dict) -> dict:

@@ -3,6 +3,10 @@ import sys
 from diversegrpo import config as cfg
 
 try:
+    # Snakemake reads the config files itself, and a key given twice there silently keeps the last:
+    # read each again (the `configfile:` default and every --configfile) with the strict loader.
+    for _configfile in workflow.configfiles:
+        cfg.load(_configfile)
     cfg.validate(config, root=Path(workflow.basedir))
 except cfg.ConfigError as e:
     raise WorkflowError(str(e)) from None
