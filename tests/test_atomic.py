@@ -123,12 +123,56 @@ def test_non_finite_tensors_are_refused_and_the_old_file_kept(tmp_path):
     assert path.read_bytes() == before and not _temps(tmp_path)
 
 
-def test_artifacts_get_the_usual_file_mode(tmp_path):
-    path = tmp_path / "a.json"
-    io.write_json({"a": 1}, path)
-    umask = os.umask(0)
-    os.umask(umask)
-    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
+def _save_file_into_dir(path: Path) -> None:
+    """What diffusers' save_lora_weights does inside atomic_dir: safetensors' save_file, which writes 0600."""
+    from safetensors.torch import save_file
+
+    with io.atomic_dir(path.parent) as tmp:
+        save_file({"w": torch.ones(2)}, str(tmp / path.name), metadata={"b": "1", "a": "2"})
+
+
+def _toy_lora(path: Path) -> None:
+    from diversegrpo.backbones.base import LoraSpec
+    from diversegrpo.backbones.toy import ToyBackbone, ToyConfig
+
+    backbone = ToyBackbone(ToyConfig(num_layers=1))
+    backbone.add_lora(LoraSpec.from_config({"rank": 2, "alpha": 2}, backbone.lora_targets))
+    backbone.save_lora(path.parent)
+
+
+# (id, writer of `path`): every artifact gets 0666 & ~umask, as an ordinary open() would
+MODE_WRITERS = [
+    *[(kind, write) for kind, (write, _, _) in sorted(WRITERS.items())],
+    ("safetensors in atomic_dir", lambda p, v: _save_file_into_dir(p)),
+    ("toy LoRA (diffusers save_lora_weights)", lambda p, v: _toy_lora(p)),
+]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o002], ids=oct)
+@pytest.mark.parametrize("write", [w for _, w in MODE_WRITERS], ids=[i for i, _ in MODE_WRITERS])
+def test_artifacts_follow_the_umask(tmp_path, write, umask):
+    """Fails before: the LoRA (and any safetensors written by save_file inside atomic_dir) was 0600, and
+    the mode was fixed at import, whatever the umask was by the time of the write."""
+    path = tmp_path / "out" / "pytorch_lora_weights.safetensors"
+    before = os.umask(umask)
+    try:
+        write(path, 1)
+    finally:
+        os.umask(before)
+    files = [p for p in (tmp_path / "out").rglob("*")]
+    assert path in files
+    for f in files:
+        wanted = (0o777 if f.is_dir() else 0o666) & ~umask
+        assert f.stat().st_mode & 0o777 == wanted, f"{f}: {oct(f.stat().st_mode & 0o777)}, wanted {oct(wanted)}"
+
+
+def test_umask_is_read_without_changing_it():
+    before = os.umask(0o027)
+    try:
+        assert io._umask() == 0o027
+        assert os.umask(0o027) == 0o027  # still what it was
+    finally:
+        os.umask(before)
 
 
 KILLED_WRITER = textwrap.dedent("""

@@ -16,13 +16,27 @@ import pandas as pd
 import torch
 
 
-def _file_mode() -> int:
-    umask = os.umask(0)
+def _umask() -> int:
+    """The process's umask now (it may change after import): read from /proc where there is one, since
+    os.umask can only be read by setting it, and a thread creating a file meanwhile would get the 0."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0o077)  # the least permissive, should another thread create a file meanwhile
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
 
 
-_FILE_MODE = _file_mode()
+def _follow_umask(path: str | os.PathLike) -> None:
+    """Give an artifact the mode an ordinary open() / mkdir() would: 0666 (files) or 0777 (directories)
+    & ~umask. mkstemp / mkdtemp make 0600 / 0700, and so does safetensors' own save_file (what diffusers'
+    save_lora_weights calls): others on a shared cluster could not read the file."""
+    base = 0o777 if os.path.isdir(path) else 0o666
+    os.chmod(path, base & ~_umask())
 
 
 @contextlib.contextmanager
@@ -34,7 +48,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
-        os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; artifacts get the usual 0666 & ~umask
+        _follow_umask(tmp)  # mkstemp makes 0600
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -52,6 +66,8 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         for f in tmp.iterdir():
             if f.suffix == ".safetensors":
                 canonical_safetensors(f)  # e.g. diffusers' save_lora_weights: byte-stable adapters
+            for inner in [f, *(f.rglob("*") if f.is_dir() else ())]:
+                _follow_umask(inner)  # safetensors' save_file writes 0600
             os.replace(f, path / f.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
