@@ -1,5 +1,6 @@
 # Wiring only: each stage lives in workflow/rules/<stage>.smk; common.smk validates the config and
-# builds the run matrix. The embedded default runs with `snakemake --cores all`.
+# builds the run matrix. The embedded default runs with `snakemake --cores all`, which picks up the
+# local profile from profiles/default (a link to workflow/profiles) next to this file.
 from snakemake.utils import min_version
 
 min_version("8.20")

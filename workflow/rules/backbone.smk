@@ -15,5 +15,7 @@ rule backbone:
         "logs/backbone/{backbone}.log",
     benchmark:
         "benchmarks/stages/backbone/{backbone}.tsv"
+    conda:
+        "../envs/diversegrpo.yaml"
     script:
         "../../scripts/pretrain.py"

@@ -1,12 +1,9 @@
-def caption_files(wildcards):
-    """The prompt files the stage reads, so that an edited file reruns it ("toy" is no file)."""
-    c = config["captions"]
-    return [f for f in (c["source"], c.get("eval_source")) if f and f != "toy"]
-
-
 rule captions:
     input:
-        caption_files,
+        # The prompt files the stage reads, so that an edited file reruns it ("toy" is no file).
+        lambda w: [
+            f for f in (config["captions"]["source"], config["captions"].get("eval_source")) if f and f != "toy"
+        ],
     output:
         train=f"{RESULTS}/captions/train.parquet",
         eval=f"{RESULTS}/captions/eval.parquet",
@@ -15,5 +12,7 @@ rule captions:
         seed=config["seed"],
     log:
         "logs/captions.log",
+    conda:
+        "../envs/diversegrpo.yaml"
     script:
         "../../scripts/captions.py"

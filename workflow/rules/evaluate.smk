@@ -1,4 +1,6 @@
 # Metrics of one run's samples against the base run's (the reference for Frechet distance and IRS).
+# `snakemake --lint` warns "Mixed rules and functions in same snakefile" for this function: it belongs
+# in common.smk, with the other helpers, and moves there once common.smk is free to edit (issue 16).
 def evaluate_params(backbone, reward, method):
     return {
         "features": config["features"],
@@ -20,6 +22,8 @@ rule evaluate_base:
         "logs/evaluate/{backbone}/base.log",
     benchmark:
         "benchmarks/stages/evaluate/{backbone}/base.tsv"
+    conda:
+        "../envs/diversegrpo.yaml"
     script:
         "../../scripts/evaluate.py"
 
@@ -37,5 +41,7 @@ rule evaluate:
         "logs/evaluate/{backbone}/{reward}/{method}.log",
     benchmark:
         "benchmarks/stages/evaluate/{backbone}/{reward}/{method}.tsv"
+    conda:
+        "../envs/diversegrpo.yaml"
     script:
         "../../scripts/evaluate.py"

@@ -26,5 +26,7 @@ rule report:
         report=config["report"],
     log:
         "logs/report.log",
+    conda:
+        "../envs/diversegrpo.yaml"
     script:
         "../../scripts/report.py"

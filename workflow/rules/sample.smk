@@ -1,4 +1,6 @@
 # Evaluation images: the same prompts and seeds for every run and for the untrained base.
+# `snakemake --lint` warns "Mixed rules and functions in same snakefile" for this function: it belongs
+# in common.smk, with the other helpers, and moves there once common.smk is free to edit (issue 16).
 def sample_params(wildcards):
     return {
         "backbone": backbone_spec(wildcards.backbone),
@@ -24,6 +26,8 @@ rule sample_base:
         "logs/sample/{backbone}/base.log",
     benchmark:
         "benchmarks/stages/sample/{backbone}/base.tsv"
+    conda:
+        "../envs/diversegrpo.yaml"
     script:
         "../../scripts/sample.py"
 
@@ -43,5 +47,7 @@ rule sample:
         "logs/sample/{backbone}/{reward}/{method}.log",
     benchmark:
         "benchmarks/stages/sample/{backbone}/{reward}/{method}.tsv"
+    conda:
+        "../envs/diversegrpo.yaml"
     script:
         "../../scripts/sample.py"

@@ -10,6 +10,8 @@ rule run_config:
         spec=run_spec,
     log:
         "logs/run_config/{backbone}/{reward}/{method}.log",
+    conda:
+        "../envs/diversegrpo.yaml"
     script:
         "../../scripts/run_config.py"
 
@@ -32,5 +34,7 @@ rule train:
         "logs/train/{backbone}/{reward}/{method}.log",
     benchmark:
         "benchmarks/stages/train/{backbone}/{reward}/{method}.tsv"
+    conda:
+        "../envs/diversegrpo.yaml"
     shell:
         "{params.launch} -m diversegrpo.train --run-config {input.config} --out {params.out} > {log} 2>&1"
