@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import hashlib
 import json
+import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -279,16 +281,72 @@ class Run:
             self.backbone.save_lora(self.out / "lora")  # last: its presence marks a finished run
 
 
+LOCK = ".train.lock"
+
+
+class RunFolderLocked(RuntimeError):
+    """Another trainer is writing the run folder."""
+
+
+@contextlib.contextmanager
+def run_lock(out: Path):
+    """One writer per run folder: an exclusive flock on DIR/.train.lock, held until the block ends. A
+    second trainer on the folder fails at once, naming it and the holder's pid. The OS releases a flock
+    when its process dies (kill -9, the OOM killer, a killed job's orphaned trainer once it ends), so a
+    crash never leaves the folder locked; a stale file is just reused. The file is removed on the way out."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / LOCK
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise RunFolderLocked(
+                f"run folder {str(out)!r} is being written by another trainer (pid {holder} holds {str(path)!r}); "
+                f"wait for it to finish or stop it (`kill {holder}`), then rerun. Only one trainer may write a run "
+                f"folder; a crashed one never blocks it (its lock goes with the process)"
+            ) from None
+        # A finishing holder removes the file: if it did between our open and our lock, we locked a file
+        # that is gone, and another trainer may lock the new one. Lock the file that is there.
+        try:
+            current = os.stat(path)
+        except FileNotFoundError:
+            current = None
+        opened = os.fstat(fd)
+        if current is not None and (current.st_dev, current.st_ino) == (opened.st_dev, opened.st_ino):
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield path
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # while still holding the lock (see above)
+        os.close(fd)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-config", required=True, type=Path, help="JSON written by the workflow's run_config rule")
     parser.add_argument("--out", required=True, type=Path, help="the run's directory under results/runs/")
     args = parser.parse_args(argv)
-    cfg = RunConfig.from_dict(json.loads(args.run_config.read_text()))
-    collective = distributed.from_environment(resolve_device(cfg.device))
-    run = Run(cfg, args.out, collective)
-    run.train()
-    run.finish()
+    # The main process (rank 0 of `accelerate launch`, the only one that writes) locks the run folder
+    # before anything touches it; the other processes of the same run are its own.
+    main_process = distributed.launched_processes() == 1 or int(os.environ.get("RANK", "0")) == 0
+    try:
+        lock = run_lock(args.out) if main_process else contextlib.nullcontext()
+        with lock:
+            cfg = RunConfig.from_dict(json.loads(args.run_config.read_text()))
+            collective = distributed.from_environment(resolve_device(cfg.device))
+            run = Run(cfg, args.out, collective)
+            run.train()
+            run.finish()
+    except RunFolderLocked as e:
+        sys.exit(f"error: {e}")
     # Not in a `finally`: a process that failed must exit (the launcher then stops the others), not wait
     # in close()'s barrier for processes that will never get there.
     collective.close()
