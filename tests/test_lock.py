@@ -53,8 +53,8 @@ def test_second_trainer_on_the_folder(tmp_path, how, refused):
         if how != "alive":
             _end(first, how)
         start = time.monotonic()
-        second = subprocess.run([sys.executable, "-m", "diversegrpo.train", "--run-config", str(tmp_path / "missing.json"),
-                                 "--out", str(out)], capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=300)
+        command = [sys.executable, "-m", "diversegrpo.train", "--run-config", str(tmp_path / "missing.json"), "--out", str(out)]
+        second = subprocess.run(command, capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=300)
         elapsed = time.monotonic() - start
     finally:
         if first.poll() is None:
@@ -66,7 +66,8 @@ def test_second_trainer_on_the_folder(tmp_path, how, refused):
         assert "Traceback" not in second.stderr
         assert elapsed < 60, f"the second trainer waited {elapsed:.0f} s"  # at once: it never waits for the lock
     else:  # past the lock, on to the (here missing) run config
-        assert "being written by another trainer" not in second.stderr and "missing.json" in second.stderr, second.stderr[-3000:]
+        assert "being written by another trainer" not in second.stderr, second.stderr[-3000:]
+        assert "missing.json" in second.stderr, second.stderr[-3000:]
     if how == "finished":
         assert not (out / LOCK).exists()
 

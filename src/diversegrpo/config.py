@@ -257,8 +257,8 @@ def _name_collisions(config: dict) -> list[str]:
         for name in runs[section]:
             other = seen.setdefault(name.casefold(), name)
             if other != name:
-                errors.append(f"runs.{section}: {other!r} and {name!r} differ only in case: one folder on case-insensitive "
-                              f"file systems (macOS, Windows); rename one")
+                errors.append(f"runs.{section}: {other!r} and {name!r} differ only in case: one folder on "
+                              f"case-insensitive file systems (macOS, Windows); rename one")
     grids: dict[str, tuple[str, str]] = {}
     for b in runs["backbones"]:
         for r in runs["rewards"]:
