@@ -53,7 +53,8 @@ def test_second_trainer_on_the_folder(tmp_path, how, refused):
         if how != "alive":
             _end(first, how)
         start = time.monotonic()
-        command = [sys.executable, "-m", "diversegrpo.train", "--run-config", str(tmp_path / "missing.json"), "--out", str(out)]
+        missing = tmp_path / "missing.json"
+        command = [sys.executable, "-m", "diversegrpo.train", "--run-config", str(missing), "--out", str(out)]
         second = subprocess.run(command, capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=300)
         elapsed = time.monotonic() - start
     finally:
