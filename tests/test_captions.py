@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from diversegrpo import config as C
-from diversegrpo.stages.captions import choose, make_captions, read_prompt_file, read_prompts
+from diversegrpo.stages.captions import choose, make_captions, read_prompt_file, read_prompts, split_sizes
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = C.load(ROOT / "config/config.yaml")
@@ -78,7 +78,7 @@ def test_training_duplicates_are_dropped_before_the_split(tmp_path, capsys):
     train, held_out = (pd.read_parquet(tmp_path / f"{s}.parquet").prompt.tolist() for s in ("train", "eval"))
     assert sorted(train + held_out) == sorted(distinct)  # the first of each is kept, as written
     assert not {collapsed(p) for p in train} & {collapsed(p) for p in held_out}
-    assert C._caption_counts(config, tmp_path, []) == (len(train), len(held_out)) == C.split_sizes(30, 0.25)
+    assert C._caption_counts(config, tmp_path, []) == (len(train), len(held_out)) == split_sizes(30, 0.25)
     log = capsys.readouterr().out
     assert f"{len(rows)} prompts, 4 duplicate(s) dropped" in log, log
     assert "line 31 repeats line 4" in log and "line 34 repeats line 4" in log

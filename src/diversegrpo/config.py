@@ -157,12 +157,6 @@ TOY_CAPTIONS = 16
 RESERVED_METHODS = ("base",)  # the untrained reference run of every backbone
 
 
-def split_sizes(n: int, eval_fraction: float) -> tuple[int, int]:
-    """(train, eval) prompt counts of the caption stage's split of n prompts (at least one on each side)."""
-    n_eval = min(n - 1, max(1, round(eval_fraction * n)))
-    return n - n_eval, n_eval
-
-
 def semantic_errors(config: dict, root: Path = Path(".")) -> list[str]:
     """Cross-key checks the schema cannot express. Each message names the key and what is allowed."""
     errors = []
@@ -170,17 +164,20 @@ def semantic_errors(config: dict, root: Path = Path(".")) -> list[str]:
     for section in ("backbones", "rewards", "methods"):
         for name in runs[section]:
             if name not in config[section]:
-                errors.append(f"runs.{section}: {name!r} is not defined under {section}; defined: {sorted(config[section])}")
+                errors.append(f"runs.{section}: {name!r} is not defined under {section}; defined: "
+                              f"{sorted(config[section])}")
     for name in RESERVED_METHODS:
         if name in config["methods"]:
-            errors.append(f"methods.{name}: the name {name!r} is reserved for the untrained reference run; choose another")
+            errors.append(f"methods.{name}: the name {name!r} is reserved for the untrained reference run; "
+                          f"choose another")
     errors.extend(_name_collisions(config))
     counts = _caption_counts(config, root, errors)
     for name, method in config["methods"].items():
         merged = method_train(config, name)
         where = f"methods.{name}.train" if method.get("train") else "train"
         if method["regularizer"] != "none" and "reg_weight" not in method:
-            errors.append(f"methods.{name}.reg_weight: required with regularizer {method['regularizer']!r} (a number >= 0)")
+            errors.append(f"methods.{name}.reg_weight: required with regularizer {method['regularizer']!r} (a "
+                          f"number >= 0)")
         if method["regularizer"] == "sa_reg":
             k = method.get("sa_steps", 0)
             if k < 1:
@@ -196,39 +193,49 @@ def semantic_errors(config: dict, root: Path = Path(".")) -> list[str]:
         creative = method.get("creative")
         if creative:
             if isinstance(creative.get("k"), int) and creative["k"] > group:
-                errors.append(f"methods.{name}.creative.k: {creative['k']} clusters cannot exceed group_size {group} (allowed: 1..{group} or 'auto')")
+                errors.append(f"methods.{name}.creative.k: {creative['k']} clusters cannot exceed group_size "
+                              f"{group} (allowed: 1..{group} or 'auto')")
             if creative.get("k") == "auto" and creative.get("k_max", 6) > group:
-                errors.append(f"methods.{name}.creative.k_max: {creative.get('k_max', 6)} exceeds group_size {group} (allowed: 2..{group})")
+                errors.append(f"methods.{name}.creative.k_max: {creative.get('k_max', 6)} exceeds group_size "
+                              f"{group} (allowed: 2..{group})")
             if creative.get("sigma") == "local" and creative.get("knn", 3) > group - 1:
-                errors.append(f"methods.{name}.creative.knn: neighbour {creative.get('knn', 3)} does not exist in a group of {group} (allowed: 1..{group - 1})")
+                errors.append(f"methods.{name}.creative.knn: neighbour {creative.get('knn', 3)} does not exist "
+                              f"in a group of {group} (allowed: 1..{group - 1})")
         batch = merged["prompts_per_iteration"] * group
         if merged.get("minibatches", 1) > batch:
             errors.append(f"{where}.minibatches: {merged['minibatches']} exceeds the {batch} samples of an iteration "
                           f"(prompts_per_iteration x group_size); allowed: 1..{batch}")
         errors.extend(_process_errors(merged, where))
         if counts and merged["prompts_per_iteration"] > counts[0]:
-            errors.append(f"{where}.prompts_per_iteration: {merged['prompts_per_iteration']} exceeds the {counts[0]} training "
+            errors.append(f"{where}.prompts_per_iteration: {merged['prompts_per_iteration']} exceeds the "
+                          f"{counts[0]} training "
                           f"prompts of captions.source {config['captions']['source']!r}; allowed: 1..{counts[0]}")
         if counts and merged.get("eval_prompts", 4) > counts[1]:
-            held_out = (f"captions.eval_source {config['captions']['eval_source']!r}" if config["captions"].get("eval_source")
-                        else f"captions.eval_fraction {config['captions']['eval_fraction']}")
-            errors.append(f"{where}.eval_prompts: {merged.get('eval_prompts', 4)} exceeds the {counts[1]} held-out prompts "
+            captions = config["captions"]
+            held_out = (f"captions.eval_source {captions['eval_source']!r}" if captions.get("eval_source")
+                        else f"captions.eval_fraction {captions['eval_fraction']}")
+            errors.append(f"{where}.eval_prompts: {merged.get('eval_prompts', 4)} exceeds the {counts[1]} "
+                          f"held-out prompts "
                           f"({held_out}); allowed: 1..{counts[1]}")
     source = config["captions"]["source"]
     toy_backbones = [b for b in runs["backbones"] if config["backbones"].get(b, {}).get("kind") == "toy"]
     if toy_backbones and source != "toy":
-        errors.append(f"captions.source: toy backbones {toy_backbones} only know the toy world's captions; use source: toy")
+        errors.append(f"captions.source: toy backbones {toy_backbones} only know the toy world's captions; use "
+                      f"source: toy")
     toy_rewards = [r for r in runs["rewards"] if str(config["rewards"].get(r, {}).get("kind", "")).startswith("toy_")]
     if toy_rewards and source != "toy":
-        errors.append(f"captions.source: toy rewards {toy_rewards} score the toy world's captions only; use source: toy")
+        errors.append(f"captions.source: toy rewards {toy_rewards} score the toy world's captions only; use "
+                      f"source: toy")
     for b in runs["backbones"]:
         spec = config["backbones"].get(b, {})
         if spec.get("kind") in ("sd3", "flux") and not spec.get("model"):
-            errors.append(f"backbones.{b}.model: a local directory or Hugging Face id is required for kind {spec['kind']!r}")
+            errors.append(f"backbones.{b}.model: a local directory or Hugging Face id is required for kind "
+                          f"{spec['kind']!r}")
     for b in runs["backbones"]:
         spec = config["backbones"].get(b, {})
         if spec.get("sde_type", "sde") == "cps" and spec.get("noise_level", 0) > 1:
-            errors.append(f"backbones.{b}.noise_level: {spec['noise_level']} with sde_type 'cps' (std = sigma' sin(a pi / 2) "
+            errors.append(f"backbones.{b}.noise_level: {spec['noise_level']} with sde_type 'cps' (std = sigma' "
+                          f"sin(a pi / 2) "
                           f"shrinks again above 1); allowed: (0, 1]")
     sample, report = config["sample"], config.get("report", {})
     if report.get("grid_images", 0) > sample["images_per_prompt"]:
@@ -298,20 +305,22 @@ def _caption_counts(config: dict, root: Path, errors: list[str]) -> tuple[int, i
     captions = config["captions"]
     source, eval_source, fraction = captions["source"], captions.get("eval_source"), captions.get("eval_fraction")
     if eval_source is not None and fraction is not None:
-        errors.append(f"captions.eval_fraction: {fraction} is not used when captions.eval_source is set (the evaluation "
+        errors.append(f"captions.eval_fraction: {fraction} is not used when captions.eval_source is set (the "
+                      f"evaluation "
                       f"prompts are {eval_source!r}); set captions.eval_fraction: null, or unset captions.eval_source "
                       f"to split captions.source")
         return None
     if eval_source is None and fraction is None:
         errors.append("captions.eval_fraction: a number in (0, 1) is required unless captions.eval_source is set")
         return None
+    from .stages.captions import CaptionError, choose, read_prompt_file, split_sizes  # numpy, pandas; no torch
+
     if source == "toy":
         if eval_source is not None:
             errors.append("captions.eval_source: needs captions.source to be a prompt file; the toy world's captions "
                           "are split by captions.eval_fraction (set captions.eval_source: null)")
             return None
         return split_sizes(TOY_CAPTIONS, fraction)
-    from .stages.captions import CaptionError, choose, read_prompt_file  # numpy (pandas for .csv / .parquet), no torch
 
     files = {}
     for key, name in (("source", source), ("eval_source", eval_source)):

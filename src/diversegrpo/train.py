@@ -91,7 +91,8 @@ class RunConfig:
     def from_dict(cls, d: dict) -> "RunConfig":
         d = dict(d)
         creative = d["method"].get("creative")
-        d["method"] = trainer.MethodSettings(**{**d["method"], "creative": trainer.CreativeSettings(**creative) if creative else None})
+        creative = trainer.CreativeSettings(**creative) if creative else None
+        d["method"] = trainer.MethodSettings(**{**d["method"], "creative": creative})
         train = dict(d["train"])
         train["ema"] = EmaSettings(**train["ema"]) if train.get("ema") else None
         d["train"] = trainer.TrainSettings(**train)
@@ -160,7 +161,8 @@ class Run:
         # Every process read the same file; should one of them have failed to, their loops would differ.
         iterations = self.collective.gather(torch.tensor([self.iteration]))
         if not bool((iterations == self.iteration).all()):
-            raise RuntimeError(f"the training processes resumed at different iterations {iterations.tolist()} from {path}")
+            raise RuntimeError(f"the training processes resumed at different iterations {iterations.tolist()} "
+                               f"from {path}")
 
     def _note(self, message: str) -> None:
         if self.collective.is_main:

@@ -1,5 +1,7 @@
 # Validation and routing: fail in a second on a bad config, before any stage runs; build the run matrix.
 import sys
+
+from snakemake.settings.types import DeploymentMethod
 from diversegrpo import config as cfg
 
 try:
@@ -22,8 +24,9 @@ onstart:
 
 
 RESULTS = "results"
-# The interpreter running Snakemake (the project's venv), whatever PATH says.
-PYTHON = sys.executable
+# The interpreter running Snakemake (the project's venv), whatever PATH says; under
+# `--software-deployment-method conda` a job runs inside the rule's env, whose `python` is on PATH.
+PYTHON = "python" if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method else sys.executable
 RUNS = cfg.run_matrix(config)
 TOY = {b for b in config["runs"]["backbones"] if config["backbones"][b]["kind"] == "toy"}
 # Snakemake tracks scripts, not the package they call: a package version bump reruns every stage.
@@ -95,3 +98,24 @@ class TrainLauncher:
             f"{PYTHON} -m accelerate.commands.launch --multi_gpu --num_processes {self.processes} "
             "--num_machines 1 --mixed_precision no --dynamo_backend no --main_process_port 0"
         )
+
+
+# Evaluation images: the same prompts and seeds for every run and for the untrained base.
+def sample_params(wildcards):
+    return {
+        "backbone": backbone_spec(wildcards.backbone),
+        "rewards": {r: config["rewards"][r] for r in config["runs"]["rewards"]},
+        "sample": config["sample"],
+        "seed": config["seed"],
+        "device": config["device"],
+        "torch_threads": config["torch_threads"],
+    }
+
+
+# Metrics of one run's samples against the base run's (the reference for Frechet distance and IRS).
+def evaluate_params(backbone, reward, method):
+    return {
+        "features": config["features"],
+        "toy_world": config["backbones"][backbone]["kind"] == "toy",
+        "labels": {"backbone": backbone, "reward": reward, "method": method},
+    }

@@ -1,14 +1,4 @@
 # Metrics of one run's samples against the base run's (the reference for Frechet distance and IRS).
-# `snakemake --lint` warns "Mixed rules and functions in same snakefile" for this function: it belongs
-# in common.smk, with the other helpers, and moves there once common.smk is free to edit (issue 16).
-def evaluate_params(backbone, reward, method):
-    return {
-        "features": config["features"],
-        "toy_world": config["backbones"][backbone]["kind"] == "toy",
-        "labels": {"backbone": backbone, "reward": reward, "method": method},
-    }
-
-
 rule evaluate_base:
     input:
         samples=rules.sample_base.output[0],

@@ -1,17 +1,4 @@
 # Evaluation images: the same prompts and seeds for every run and for the untrained base.
-# `snakemake --lint` warns "Mixed rules and functions in same snakefile" for this function: it belongs
-# in common.smk, with the other helpers, and moves there once common.smk is free to edit (issue 16).
-def sample_params(wildcards):
-    return {
-        "backbone": backbone_spec(wildcards.backbone),
-        "rewards": {r: config["rewards"][r] for r in config["runs"]["rewards"]},
-        "sample": config["sample"],
-        "seed": config["seed"],
-        "device": config["device"],
-        "torch_threads": config["torch_threads"],
-    }
-
-
 rule sample_base:
     input:
         eval=rules.captions.output.eval,
