@@ -28,6 +28,7 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/snakemake --lint
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/creative_reward.py
