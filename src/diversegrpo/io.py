@@ -73,6 +73,40 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+class UnreadableArtifact(ValueError):
+    """A pipeline artifact that exists but cannot be read (truncated, garbage, foreign): the message names
+    the file, the library's error and how to rebuild it."""
+
+
+def unreadable(what: str, path: str | os.PathLike, error: BaseException, rule: str | None = None) -> UnreadableArtifact:
+    """'<what> <path> is unreadable (<error, one line>): delete it and rerun snakemake to rebuild it'."""
+    detail = " ".join(f"{type(error).__name__}: {error}".split())
+    if len(detail) > 300:
+        detail = detail[:297] + "..."
+    by = f" (rule {rule})" if rule else ""
+    return UnreadableArtifact(
+        f"{what} {path} is unreadable ({detail}): delete it and rerun snakemake to rebuild it{by}"
+    )
+
+
+@contextlib.contextmanager
+def reading(what: str, path: str | os.PathLike, rule: str | None = None) -> Iterator[None]:
+    """Turn any error of the block (a read of `path`) into `unreadable(...)`, except the file system's own
+    (missing file, no permission: their message already names the path, and rebuilding would not help)."""
+    try:
+        yield
+    except (UnreadableArtifact, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError):
+        raise
+    except Exception as e:  # noqa: BLE001 (the library's own error, whatever its type, becomes one that names the file)
+        raise unreadable(what, path, e, rule) from e
+
+
+def read_parquet(path: str | os.PathLike, what: str = "Parquet file", rule: str | None = None) -> pd.DataFrame:
+    """A stage's Parquet input; a corrupt one fails naming the file and the rule that rebuilds it."""
+    with reading(what, path, rule):
+        return pd.read_parquet(path)
+
+
 def write_parquet(df: pd.DataFrame, path: str | os.PathLike) -> None:
     with atomic_path(path) as tmp:
         df.to_parquet(tmp, index=False)

@@ -38,7 +38,7 @@ from . import __version__, distributed, trainer, world
 from .backbones.base import Backbone, LoraSpec
 from .ema import EMA, EmaSettings
 from .evaluation import per_prompt, score_rewards, world_statistics
-from .io import load_state, remove_stale_temps, save_state, write_parquet
+from .io import load_state, reading, remove_stale_temps, save_state, write_parquet
 from .registry import BACKBONES, build_features, build_reward, resolve
 from .sampling import sample_images
 
@@ -342,7 +342,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         lock = run_lock(args.out) if main_process else contextlib.nullcontext()
         with lock:
-            cfg = RunConfig.from_dict(json.loads(args.run_config.read_text()))
+            with reading("run config", args.run_config, "run_config"):
+                cfg = RunConfig.from_dict(json.loads(args.run_config.read_text()))
             collective = distributed.from_environment(resolve_device(cfg.device))
             run = Run(cfg, args.out, collective)
             run.train()

@@ -16,7 +16,7 @@ from typing import Iterator
 
 import torch
 
-from ..io import atomic_dir
+from ..io import atomic_dir, reading
 from ..sde import sigma_schedule
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
@@ -174,7 +174,9 @@ class Backbone(ABC):
         """Load an adapter written by `save_lora` (replacing any attached adapter)."""
         from safetensors.torch import load_file
 
-        state = load_file(str(Path(directory) / LORA_WEIGHTS))
+        path = Path(directory) / LORA_WEIGHTS
+        with reading("LoRA adapter", path, "train"):
+            state = load_file(str(path))
         self.set_lora_state({k.removeprefix("transformer."): v for k, v in state.items()})
 
     def set_lora_state(self, state: dict[str, torch.Tensor]) -> None:

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .. import world
-from ..io import save_safetensors, write_json
+from ..io import reading, save_safetensors, write_json
 from .base import Backbone, Conditioning
 
 NULL = "<null>"
@@ -140,8 +140,10 @@ class ToyBackbone(Backbone):
                     f"toy backbone file {directory / name} is missing: run the pipeline's backbone stage "
                     f"(snakemake {directory / WEIGHTS}) to pre-train it"
                 )
-        backbone = cls(ToyConfig(**json.loads((directory / CONFIG).read_text())), device=device)
-        backbone.trainable_modules().load_state_dict(load_file(str(directory / WEIGHTS), device=str(device)))
+        with reading("toy backbone config", directory / CONFIG, "backbone"):
+            backbone = cls(ToyConfig(**json.loads((directory / CONFIG).read_text())), device=device)
+        with reading("toy backbone weights", directory / WEIGHTS, "backbone"):
+            backbone.trainable_modules().load_state_dict(load_file(str(directory / WEIGHTS), device=str(device)))
         backbone.transformer.eval()
         backbone.text_encoder.eval().requires_grad_(False)
         return backbone

@@ -12,7 +12,7 @@ import torch
 
 from .. import metrics, world
 from ..evaluation import bootstrap_standard_errors, per_prompt
-from ..io import png_tensor, write_parquet
+from ..io import png_tensor, read_parquet, write_parquet
 from ..registry import build_features
 
 
@@ -24,13 +24,13 @@ def evaluate_stage(
     samples: str, base_samples: str, features_spec: dict, toy_world: bool, labels: dict, out: str
 ) -> None:
     embed = build_features(features_spec)
-    run = pd.read_parquet(samples)
+    run = read_parquet(samples, "samples", "sample")
     images = load_images(run)
     emb = embed(images)
     if Path(base_samples).resolve() == Path(samples).resolve():  # the base run is its own reference
         base, base_emb = run, emb
     else:
-        base = pd.read_parquet(base_samples)
+        base = read_parquet(base_samples, "base samples", "sample_base")
         base_emb = embed(load_images(base))
     rewards = {
         c.removeprefix("reward_"): torch.tensor(run[c].to_numpy()) for c in run.columns if c.startswith("reward_")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from .. import report
-from ..io import write_csv, write_json, write_text
+from ..io import read_parquet, write_csv, write_json, write_text
 
 
 def report_stage(
@@ -20,7 +20,11 @@ def report_stage(
     grid_images: int,
     outputs: dict[str, str],
 ) -> None:
-    metrics = pd.concat([pd.read_parquet(f) for f in metrics_files], ignore_index=True)
+    metrics = pd.concat(
+        [read_parquet(f, "metrics", "evaluate_base" if Path(f).name == "base.parquet" else "evaluate")
+         for f in metrics_files],
+        ignore_index=True,
+    )
     rewards = sorted({r for _, r, _ in runs})
     table = report.paper_table(report.overall_table(metrics), rewards)
     errors = None
@@ -30,16 +34,16 @@ def report_stage(
     write_text(report.to_latex(table, errors), outputs["table_tex"])
     write_json(report.summary(table), outputs["summary"])
 
-    curves = {run: pd.read_parquet(Path(d) / "curve.parquet") for run, d in zip(runs, run_dirs)}
-    logs = {run: pd.read_parquet(Path(d) / "log.parquet") for run, d in zip(runs, run_dirs)}
+    curves = {run: read_parquet(Path(d) / "curve.parquet", "training curve", "train") for run, d in zip(runs, run_dirs)}
+    logs = {run: read_parquet(Path(d) / "log.parquet", "training log", "train") for run, d in zip(runs, run_dirs)}
     pareto = report.pareto_data(curves)
     write_csv(pareto, outputs["pareto_csv"])
     report.plot_pareto(pareto, table, outputs["pareto"])
     report.plot_curves(logs, outputs["curves"])
 
-    samples = {run: pd.read_parquet(f) for run, f in zip(runs, run_samples)}
+    samples = {run: read_parquet(f, "samples", "sample") for run, f in zip(runs, run_samples)}
     for backbone, reward in dict.fromkeys((b, r) for b, r, _ in runs):
-        chosen = {"base": pd.read_parquet(base_samples[backbone])}
+        chosen = {"base": read_parquet(base_samples[backbone], "base samples", "sample_base")}
         chosen.update({m: samples[(b, r, m)] for (b, r, m) in runs if (b, r) == (backbone, reward)})
         prompts = list(dict.fromkeys(chosen["base"].prompt))[:grid_prompts]
         report.plot_grid(chosen, prompts, grid_images, outputs["grids_dir"] + f"/{backbone}_{reward}.png")

@@ -8,7 +8,7 @@ import torch
 
 from ..backbones.base import LoraSpec
 from ..evaluation import score_rewards
-from ..io import png_bytes, png_tensor, write_parquet
+from ..io import png_bytes, png_tensor, read_parquet, write_parquet
 from ..registry import build_reward
 from ..sampling import sample_images
 from ..train import build_backbone, resolve_device
@@ -28,7 +28,7 @@ def sample_stage(
 ) -> None:
     torch.set_num_threads(torch_threads)
     device = resolve_device(device)
-    captions = pd.read_parquet(eval_captions)
+    captions = read_parquet(eval_captions, "evaluation captions", "captions")
     if max_prompts:
         captions = captions.head(max_prompts)
     backbone = build_backbone(backbone_spec, device)
