@@ -127,3 +127,50 @@ def test_a_missing_file_keeps_its_own_error(tmp_path):
 
     with pytest.raises(FileNotFoundError):
         read_parquet(tmp_path / "missing.parquet", "metrics", "evaluate")
+
+
+# ----- a corrupt run config.json must not cost the trained LoRA beside it --------------------------------------
+def test_a_corrupt_run_config_keeps_the_lora(tmp_path):
+    """Snakemake would rerun the train job (its config.json input is newer, with another checksum), and
+    that deletes the LoRA before the trainer fails on the file: the workflow stops first, naming the file
+    and the command that rebuilds only it (tested end to end on the tiny pipeline: the LoRA is kept)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    root = Path(__file__).resolve().parents[1]
+    for name in ("workflow", "config", "scripts"):
+        shutil.copytree(root / name, tmp_path / name)
+    shutil.copy(root / "Snakefile", tmp_path)
+    shutil.copytree(root / "profiles", tmp_path / "profiles", symlinks=True)  # the default profile's rerun triggers
+    run = tmp_path / "results/runs/toy/colour/diverse_grpo"
+    files = {
+        "src/diversegrpo/__init__.py": b"",
+        "results/captions/train.parquet": b"",
+        "results/captions/eval.parquet": b"",
+        "results/backbones/toy/model.safetensors": b"",
+        f"{run}/lora/pytorch_lora_weights.safetensors": b"trained for days",
+        f"{run}/log.parquet": b"",
+        f"{run}/curve.parquet": b"",
+        f"{run}/config.json": b'{"seed": 0, "tra',
+    }
+    now = time.time()
+    for i, (name, data) in enumerate(files.items()):
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        mtime = now - 1000 + 50 * (i >= 4) + 100 * name.endswith("config.json")  # inputs, outputs, newer config
+        os.utime(path, (mtime, mtime))
+    lora = run / "lora/pytorch_lora_weights.safetensors"
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "1", str(lora.relative_to(tmp_path)), "--configfile",
+         "config/tiny.yaml"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    config = "results/runs/toy/colour/diverse_grpo/config.json"
+    assert f"{config} is unreadable (JSONDecodeError: " in output, output[-3000:]
+    assert f"snakemake {config} --forcerun run_config" in output, output[-3000:]
+    assert lora.read_bytes() == b"trained for days"

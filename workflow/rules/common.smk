@@ -21,6 +21,7 @@ onstart:
     _missing = missing_models(config)
     if _missing:
         raise WorkflowError("missing model weights (nothing is downloaded at run time):\n  - " + "\n  - ".join(_missing))
+    _check_run_configs()
 
 
 RESULTS = "results"
@@ -66,6 +67,39 @@ def run_spec(wildcards):
 
 def run_path(b, r, m):
     return f"{RESULTS}/runs/{b}/{r}/{m}"
+
+
+def _check_run_configs():
+    """A run's config.json that is no longer JSON (a disk error, a stray edit) is newer than its LoRA and has
+    another checksum: Snakemake reruns the train job, which deletes the trained LoRA before it reads the
+    file and fails. Stop first and say how to rebuild only config.json: run_config writes the same bytes
+    again, Snakemake then finds the checksum unchanged, and the LoRA is kept (docs/running.md). Only
+    files newer than their LoRA are read, so an up-to-date tree costs two stat calls per run. Called at
+    onstart (after the DAG, before any job deletes an output; dry runs are not stopped): only then does
+    Snakemake know the targets, and a run that targets the config.json itself is the repair."""
+    import json
+    import os
+
+    targets = {os.path.normpath(t) for t in getattr(getattr(workflow, "dag_settings", None), "targets", ())}
+    for run in RUNS:
+        path, lora = f"{run_path(*run)}/config.json", f"{run_path(*run)}/lora/pytorch_lora_weights.safetensors"
+        try:
+            if os.path.getmtime(path) <= os.path.getmtime(lora) or os.path.normpath(path) in targets:
+                continue
+            with open(path, "rb") as f:
+                if isinstance(json.loads(f.read()), dict):
+                    continue
+            problem = "it is not a JSON object"
+        except FileNotFoundError:
+            continue
+        except ValueError as e:
+            problem = " ".join(f"{type(e).__name__}: {e}".split())
+        raise WorkflowError(
+            f"{path} is unreadable ({problem}), and the trained LoRA beside it would be deleted by the rerun of "
+            f"its train job. Rebuild only the config first (same settings, same bytes, so the LoRA is kept): "
+            f"snakemake {path} --forcerun run_config, with your --configfile / --config options after it; "
+            "then run snakemake as before"
+        )
 
 
 def all_targets(wildcards=None):
