@@ -354,3 +354,22 @@ def test_snakemake_dry_run_fails_fast_on_a_bad_config(tmp_path):
     assert "Building DAG" not in output and "Job stats" not in output
     assert cpu < 15, f"validation took {cpu:.1f} s of CPU"  # a few seconds: no torch, no DAG
     print(f"snakemake -n failed in {wall:.1f} s wall, {cpu:.1f} s CPU")
+
+
+def test_running_from_another_directory_says_so(tmp_path):
+    """A relative captions.source is read from the working directory; found only beside the Snakefile, the
+    workflow says that the run started elsewhere, and how to start it right (before any DAG)."""
+    pick = tmp_path / "pick.yaml"
+    pick.write_text("captions: {source: data/pickscore/train.txt, eval_source: data/pickscore/test.txt, "
+                    "eval_fraction: null}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "-s", str(ROOT / "Snakefile"), "--configfile",
+         str(ROOT / "config/config.yaml"), str(pick)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert (f"captions.source: 'data/pickscore/train.txt' does not exist relative to the working directory "
+            f"{tmp_path}, but does relative to the Snakefile's directory {ROOT}: run snakemake from {ROOT}, or "
+            f"pass --directory {ROOT}") in output, output[-3000:]
+    assert "Building DAG" not in output

@@ -4,12 +4,31 @@ import sys
 from snakemake.settings.types import DeploymentMethod
 from diversegrpo import config as cfg
 
+def _check_caption_paths():
+    """The captions stage reads a relative captions.source / eval_source from the working directory (where
+    snakemake started, or its --directory). Found beside the Snakefile instead, the file tells of the usual
+    mistake, running from elsewhere with -s: say that, rather than 'does not exist' or a missing input."""
+    here, base = Path.cwd(), Path(workflow.basedir)
+    captions = config.get("captions") if isinstance(config.get("captions"), dict) else {}
+    for key in ("source", "eval_source"):
+        name = captions.get(key)
+        if not isinstance(name, str) or name == "toy" or Path(name).is_absolute() or (here / name).exists():
+            continue
+        if here.resolve() != base.resolve() and (base / name).exists():
+            raise WorkflowError(
+                f"captions.{key}: {name!r} does not exist relative to the working directory {here}, but does "
+                f"relative to the Snakefile's directory {base}: run snakemake from {base}, or pass "
+                f"--directory {base} (relative paths in the config are read from the working directory)"
+            )
+
+
 try:
+    _check_caption_paths()
     # Snakemake reads the config files itself, and a key given twice there silently keeps the last:
     # read each again (the `configfile:` default and every --configfile) with the strict loader.
     for _configfile in workflow.configfiles:
         cfg.load(_configfile)
-    cfg.validate(config, root=Path(workflow.basedir))
+    cfg.validate(config, root=Path.cwd())  # where the captions stage will read the prompt files
 except cfg.ConfigError as e:
     raise WorkflowError(str(e)) from None
 
