@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import pandas as pd
-
-from ..io import write_json
+from ..io import read_parquet, write_json
 
 
 def write_run_config(spec: dict, train_captions: str, eval_captions: str, out: str) -> None:
     spec = dict(spec)
     n_eval = spec.pop("eval_prompt_count")
-    spec["train_prompts"] = pd.read_parquet(train_captions).prompt.tolist()
-    spec["eval_prompts"] = pd.read_parquet(eval_captions).prompt.tolist()[:n_eval]
+    spec["train_prompts"] = read_parquet(train_captions, "caption split", "captions").prompt.tolist()
+    spec["eval_prompts"] = read_parquet(eval_captions, "caption split", "captions").prompt.tolist()[:n_eval]
     if spec["train"]["prompts_per_iteration"] > len(spec["train_prompts"]):
         raise ValueError(
             f"train.prompts_per_iteration={spec['train']['prompts_per_iteration']} exceeds the "
