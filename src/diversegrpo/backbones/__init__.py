@@ -1,1 +1,1 @@
-"""Backbone adapters (DESIGN §5): toy, sd3, flux behind one interface (`base.Backbone`)."""
+"""Backbone adapters: toy, sd3, flux behind one interface (`base.Backbone`; docs/decisions.md)."""
