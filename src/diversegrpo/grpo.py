@@ -19,17 +19,24 @@ def _group_means(values: torch.Tensor, inverse: torch.Tensor, counts: torch.Tens
     return (sums / counts)[inverse]
 
 
+def _centred_and_scale(
+    rewards: torch.Tensor, group_ids: torch.Tensor, global_std: bool, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B,) R - mean of R's group, and (B,) std + eps over the group or the whole batch; float64."""
+    rewards = rewards.double()
+    inverse, counts = _dense(group_ids)
+    centred = rewards - _group_means(rewards, inverse, counts)
+    if global_std:
+        return centred, (rewards.std(unbiased=False) + eps).expand_as(rewards)
+    return centred, _group_means(centred**2, inverse, counts).sqrt() + eps
+
+
 def advantage_scale(
     rewards: torch.Tensor, group_ids: torch.Tensor, global_std: bool = False, eps: float = 1e-4
 ) -> torch.Tensor:
     """(B,) float64: what `group_advantages` divides each centred reward by, std + eps, the std taken over the
     sample's group or over the whole batch. The creative mix expresses the bonus in this unit."""
-    rewards = rewards.double()
-    if global_std:
-        return (rewards.std(unbiased=False) + eps).expand_as(rewards)
-    inverse, counts = _dense(group_ids)
-    centred = rewards - _group_means(rewards, inverse, counts)
-    return _group_means(centred**2, inverse, counts).sqrt() + eps
+    return _centred_and_scale(rewards, group_ids, global_std, eps)[1]
 
 
 def group_advantages(
@@ -43,11 +50,8 @@ def group_advantages(
 
     rewards: (B,) float; group_ids: (B,) int, equal for the images of one prompt.
     """
-    rewards = rewards.double()
-    inverse, counts = _dense(group_ids)
-    advantages = (rewards - _group_means(rewards, inverse, counts)) / advantage_scale(
-        rewards, group_ids, global_std, eps
-    )
+    centred, scale = _centred_and_scale(rewards, group_ids, global_std, eps)
+    advantages = centred / scale
     if clip is not None:
         advantages = advantages.clamp(-clip, clip)
     return advantages.float()
