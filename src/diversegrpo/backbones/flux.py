@@ -24,15 +24,6 @@ from .sd3 import MAX_SEQUENCE_LENGTH, DiffusersBackbone, load_pipeline, resolve_
 LORA_TARGETS = [*SD3_TARGETS, "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2"]
 
 
-def dynamic_shift(image_seq_len: int, config) -> float:
-    """FLUX's resolution-dependent shift: exp(mu), mu linear in the number of image tokens (diffusers'
-    calculate_shift); time_shift(mu, 1, t) is then exactly SD3's shift formula with shift = exp(mu)."""
-    base_len, max_len = config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096)
-    base_shift, max_shift = config.get("base_shift", 0.5), config.get("max_shift", 1.15)
-    slope = (max_shift - base_shift) / (max_len - base_len)
-    return math.exp(image_seq_len * slope + base_shift - slope * base_len)
-
-
 class FluxBackbone(DiffusersBackbone):
     """FLUX: `spec` keys beyond the common ones: resolution, dtype, gradient_checkpointing,
     max_sequence_length (T5 tokens, default 128 as in Flow-GRPO), shift (a static sigma shift; default: FLUX's
@@ -57,7 +48,7 @@ class FluxBackbone(DiffusersBackbone):
         if spec.get("shift"):
             self.shift = float(spec["shift"])
         elif config.get("use_dynamic_shifting", False):
-            self.shift = dynamic_shift((h // 2) * (w // 2), config)
+            self.shift = math.exp(self._schedule_kwargs(config, 1)["mu"])  # exp(mu): SD3's formula at that shift
         else:
             self.shift = float(config.get("shift", 1.0))
 
