@@ -155,11 +155,17 @@ def load_state(path: str | os.PathLike) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """(..., H, W) in [0, 1] -> uint8 of the same shape, as saving the images makes them: round(255 x),
+    also the conversion of Flow-GRPO's reward functions before they make PIL images."""
+    return (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+
+
 def png_bytes(image: torch.Tensor) -> bytes:
     """(3, H, W) float in [0, 1] -> PNG bytes."""
     from PIL import Image
 
-    array = (image.detach().float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+    array = to_uint8(image).permute(1, 2, 0).cpu().numpy()
     buffer = _io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
     return buffer.getvalue()

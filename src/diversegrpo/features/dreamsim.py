@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ..creative import cosine_distances
-from ..rewards.clip_common import to_uint8
+from ..io import to_uint8
 from ..weights import DREAMSIM_CACHE, DREAMSIM_FILES, ModelNotFound, requirements
 
 IMAGE_SIZE = 224  # DreamSim's input size (dreamsim_args["img_size"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..io import to_uint8
 from ..weights import resolve_model
 
 
@@ -16,12 +17,6 @@ def load_clip(model: str, processor: str, device) -> tuple[torch.nn.Module, obje
     processor_obj = AutoProcessor.from_pretrained(str(resolve_model(processor)), local_files_only=True)
     model_obj = AutoModel.from_pretrained(str(resolve_model(model)), local_files_only=True)
     return model_obj.to(device).eval().requires_grad_(False), processor_obj
-
-
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) in [0, 1] -> uint8 of the same shape, as saving the images would make them:
-    round(255 x), the conversion of Flow-GRPO's reward functions before they make PIL images."""
-    return (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
 
 
 def preprocess(images: torch.Tensor, processor) -> torch.Tensor:
