@@ -112,13 +112,14 @@ def paper_spec(model: str) -> tuple[dict, dict, dict]:
 
 
 def random_backbone(model: str, tiny: bool, device: torch.device, dtype: torch.dtype, resolution: int,
-                    checkpointing: bool):
-    """The project's SD3 / FLUX adapter around a random transformer of the real (or tiny) size."""
+                    checkpointing: bool, config: dict | None = None):
+    """The project's SD3 / FLUX adapter around a random transformer of the real (or tiny) size, or of
+    `config` (with the tiny text conditioning)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel, SD3Transformer2DModel
 
     spec, _, _ = paper_spec(model)
     cls = SD3Transformer2DModel if model == "sd3" else FluxTransformer2DModel
-    transformer = cls(**(TINY if tiny else CONFIGS)[model]).to(device, dtype)
+    transformer = cls(**(config or (TINY if tiny else CONFIGS)[model])).to(device, dtype)
     vae = small_vae().to(device, dtype)
     pipe = SimpleNamespace(
         transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(**SCHEDULERS[model]),

@@ -73,9 +73,8 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     torch.manual_seed(0)
-    if not args.tiny:
-        gpu_check.TINY["sd3"] = SMALL  # random_backbone's small size, for this benchmark only
-    bb = gpu_check.random_backbone("sd3", True, device, dtype, 64 if args.tiny else 128, checkpointing=False)
+    bb = gpu_check.random_backbone("sd3", True, device, dtype, 64 if args.tiny else 128, checkpointing=False,
+                                   config=None if args.tiny else SMALL)
     bb.add_lora()
     options = argparse.Namespace(group=args.group, steps=None, prompts=args.prompts, micro_batch=None)
     method, settings = gpu_check.settings_for("sd3", False, options)
