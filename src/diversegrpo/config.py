@@ -208,15 +208,14 @@ def semantic_errors(config: dict, root: Path = Path(".")) -> list[str]:
         errors.extend(_process_errors(merged, where))
         if counts and merged["prompts_per_iteration"] > counts[0]:
             errors.append(f"{where}.prompts_per_iteration: {merged['prompts_per_iteration']} exceeds the "
-                          f"{counts[0]} training "
-                          f"prompts of captions.source {config['captions']['source']!r}; allowed: 1..{counts[0]}")
+                          f"{counts[0]} training prompts of captions.source {config['captions']['source']!r}; "
+                          f"allowed: 1..{counts[0]}")
         if counts and merged.get("eval_prompts", 4) > counts[1]:
             captions = config["captions"]
             held_out = (f"captions.eval_source {captions['eval_source']!r}" if captions.get("eval_source")
                         else f"captions.eval_fraction {captions['eval_fraction']}")
             errors.append(f"{where}.eval_prompts: {merged.get('eval_prompts', 4)} exceeds the {counts[1]} "
-                          f"held-out prompts "
-                          f"({held_out}); allowed: 1..{counts[1]}")
+                          f"held-out prompts ({held_out}); allowed: 1..{counts[1]}")
     source = config["captions"]["source"]
     toy_backbones = [b for b in runs["backbones"] if config["backbones"].get(b, {}).get("kind") == "toy"]
     if toy_backbones and source != "toy":
@@ -235,8 +234,7 @@ def semantic_errors(config: dict, root: Path = Path(".")) -> list[str]:
         spec = config["backbones"].get(b, {})
         if spec.get("sde_type", "sde") == "cps" and spec.get("noise_level", 0) > 1:
             errors.append(f"backbones.{b}.noise_level: {spec['noise_level']} with sde_type 'cps' (std = sigma' "
-                          f"sin(a pi / 2) "
-                          f"shrinks again above 1); allowed: (0, 1]")
+                          f"sin(a pi / 2) shrinks again above 1); allowed: (0, 1]")
     sample, report = config["sample"], config.get("report", {})
     if report.get("grid_images", 0) > sample["images_per_prompt"]:
         errors.append(f"report.grid_images: {report['grid_images']} exceeds sample.images_per_prompt "
