@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from . import __version__, distributed, trainer, world
+from . import __version__, distributed, tracking, trainer, world
 from .backbones.base import Backbone, LoraSpec
 from .ema import EMA, EmaSettings
 from .evaluation import per_prompt, score_rewards, world_statistics
@@ -135,6 +135,7 @@ class Run:
                 f"(the workflow's train rule does), or with plain `python -m diversegrpo.train ...` for 1"
             )
         trainer.per_process_group_size(cfg.train.group_size, self.collective.world_size)  # fails before any work
+        tracking.chosen()  # DIVERSEGRPO_TRACKER: an unknown or missing tracker fails before any work too
         self.config_hash = config_hash(asdict(cfg))  # defaults filled in: a changed default changes it too
         torch.set_num_threads(cfg.torch_threads)
         self.device = self.collective.device  # one process: cfg.device; several: this process's own GPU
@@ -148,6 +149,7 @@ class Run:
         self.ema = EMA(self.backbone.lora_parameters(), cfg.train.ema) if cfg.train.ema else None
         self.iteration, self.log, self.curve = 0, [], []
         self._resume()
+        self.tracker = tracking.open_tracker(self.out, self.iteration, self.collective.is_main, asdict(cfg), self.curve)
 
     def _resume(self) -> None:
         """Continue from DIR/checkpoints/state.pt when it was made by this very config; otherwise start
@@ -227,6 +229,7 @@ class Run:
         with self.published():
             images = sample_images(self.backbone, prompts, cfg.backbone["eval_steps"], cfg.train.guidance_scale,
                                    seed=cfg.seed, batch_size=batch, decode_batch=min(batch, 8))
+        self.tracker.log_images(self.iteration, images, n, prompts)  # a few of them, live (tracking.py)
         rewards = score_rewards(images, prompts, {"reward": self.reward})
         labels = world.label(images, prompts) if cfg.backbone["kind"] == "toy" else None
         table = per_prompt(images, prompts, self.embedder(images), rewards, labels, with_ssim=False)
@@ -243,6 +246,7 @@ class Run:
         # running totals of prompts the text encoders cut short (paper backbones; long prompts are kept)
         truncated = {f"truncated_{name}": n for name, n in getattr(self.backbone, "truncated_prompts", {}).items()}
         self.log.append({"iteration": self.iteration, **result.row(), **truncated})
+        self.tracker.log_row("train", self.log[-1])
         self.iteration += 1
 
     def evaluate_on_main(self) -> None:
@@ -250,6 +254,7 @@ class Run:
         batches every `eval_every` iterations, and one process keeps the curve's seeds and order simple."""
         if self.collective.is_main:
             self.curve.append(self.evaluate())
+            self.tracker.log_row("eval", self.curve[-1])
         self.collective.barrier()
 
     def train(self) -> None:
@@ -281,6 +286,7 @@ class Run:
         write_parquet(pd.DataFrame(self.curve), self.out / "curve.parquet")
         with self.published():
             self.backbone.save_lora(self.out / "lora")  # last: its presence marks a finished run
+        self.tracker.close()
 
 
 LOCK = ".train.lock"
