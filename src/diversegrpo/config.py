@@ -7,13 +7,18 @@ any stage runs, with messages that name the key and the allowed values.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 from pathlib import Path
 
 import yaml
 
-SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+# The one source of defaults: Snakemake loads it under every --configfile, so each of its keys is in the config
+# the workflow sees; documented there, typed in SCHEMA.
+DEFAULTS = ROOT / "config" / "config.yaml"
 CAPTION_SUFFIXES = (".txt", ".csv", ".parquet")
 
 
@@ -79,6 +84,16 @@ def load(path: str | Path) -> dict:
     return data
 
 
+@functools.cache
+def _defaults() -> dict:
+    return load(DEFAULTS)
+
+
+def defaults() -> dict:
+    """config/config.yaml, the defaults of every key (a copy: change it freely)."""
+    return copy.deepcopy(_defaults())
+
+
 def deep_merge(base: dict, override: dict) -> dict:
     """`override` on top of `base`, key by key (how Snakemake merges --configfile onto configfile:)."""
     out = copy.deepcopy(base)
@@ -100,7 +115,20 @@ def schema_errors(config: dict) -> list[str]:
     for e in sorted(validator.iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path]):
         for where, messages in _leaves(e).items():
             errors.append(f"{where or '(top level)'}: {'; or '.join(messages)}")
-    return errors
+    return errors + _missing_train_keys(config)
+
+
+def _missing_train_keys(config: dict) -> list[str]:
+    """Every key of config/config.yaml's train section must be set: a run reads each (run_spec), and the
+    workflow's config has them all (Snakemake loads config/config.yaml under every --configfile). The schema
+    only types them, so that a new key is written once there."""
+    if not isinstance(config.get("train"), dict):
+        return []  # the schema says so
+    missing = [k for k in _defaults()["train"] if k not in config["train"]]
+    if not missing:
+        return []
+    return [f"train: missing keys {missing}: a run needs every key of config/config.yaml's train section (lay "
+            f"this config over config/config.yaml, as snakemake --configfile does, or copy them from there)"]
 
 
 INT64 = 2**63  # integers beyond int64 overflow torch / numpy (a tensor of the iteration, a seed)
@@ -179,7 +207,7 @@ def semantic_errors(config: dict, root: Path = Path(".")) -> list[str]:
             errors.append(f"methods.{name}.reg_weight: required with regularizer {method['regularizer']!r} (a "
                           f"number >= 0)")
         if method["regularizer"] == "sa_reg":
-            k = method.get("sa_steps", 0)
+            k = method_settings(config, name)["sa_steps"]
             if k < 1:
                 errors.append(f"methods.{name}.sa_steps: K must be >= 1 for regularizer 'sa_reg', got {k}")
             for b in runs["backbones"]:
@@ -195,14 +223,14 @@ def semantic_errors(config: dict, root: Path = Path(".")) -> list[str]:
             if isinstance(creative.get("k"), int) and creative["k"] > group:
                 errors.append(f"methods.{name}.creative.k: {creative['k']} clusters cannot exceed group_size "
                               f"{group} (allowed: 1..{group} or 'auto')")
-            if creative.get("k") == "auto" and creative.get("k_max", 6) > group:
-                errors.append(f"methods.{name}.creative.k_max: {creative.get('k_max', 6)} exceeds group_size "
+            if creative["k"] == "auto" and creative["k_max"] > group:
+                errors.append(f"methods.{name}.creative.k_max: {creative['k_max']} exceeds group_size "
                               f"{group} (allowed: 2..{group})")
-            if creative.get("sigma") == "local" and creative.get("knn", 3) > group - 1:
-                errors.append(f"methods.{name}.creative.knn: neighbour {creative.get('knn', 3)} does not exist "
+            if creative["sigma"] == "local" and creative["knn"] > group - 1:
+                errors.append(f"methods.{name}.creative.knn: neighbour {creative['knn']} does not exist "
                               f"in a group of {group} (allowed: 1..{group - 1})")
         batch = merged["prompts_per_iteration"] * group
-        if merged.get("minibatches", 1) > batch:
+        if merged["minibatches"] > batch:
             errors.append(f"{where}.minibatches: {merged['minibatches']} exceeds the {batch} samples of an iteration "
                           f"(prompts_per_iteration x group_size); allowed: 1..{batch}")
         errors.extend(_process_errors(merged, where))
@@ -210,11 +238,11 @@ def semantic_errors(config: dict, root: Path = Path(".")) -> list[str]:
             errors.append(f"{where}.prompts_per_iteration: {merged['prompts_per_iteration']} exceeds the "
                           f"{counts[0]} training prompts of captions.source {config['captions']['source']!r}; "
                           f"allowed: 1..{counts[0]}")
-        if counts and merged.get("eval_prompts", 4) > counts[1]:
+        if counts and merged["eval_prompts"] > counts[1]:
             captions = config["captions"]
             held_out = (f"captions.eval_source {captions['eval_source']!r}" if captions.get("eval_source")
                         else f"captions.eval_fraction {captions['eval_fraction']}")
-            errors.append(f"{where}.eval_prompts: {merged.get('eval_prompts', 4)} exceeds the {counts[1]} "
+            errors.append(f"{where}.eval_prompts: {merged['eval_prompts']} exceeds the {counts[1]} "
                           f"held-out prompts ({held_out}); allowed: 1..{counts[1]}")
     source = config["captions"]["source"]
     toy_backbones = [b for b in runs["backbones"] if config["backbones"].get(b, {}).get("kind") == "toy"]
@@ -231,8 +259,8 @@ def semantic_errors(config: dict, root: Path = Path(".")) -> list[str]:
             errors.append(f"backbones.{b}.model: a local directory or Hugging Face id is required for kind "
                           f"{spec['kind']!r}")
     for b in runs["backbones"]:
-        spec = config["backbones"].get(b, {})
-        if spec.get("sde_type", "sde") == "cps" and spec.get("noise_level", 0) > 1:
+        spec = config["backbones"].get(b)  # None: not defined, said above
+        if spec and spec["sde_type"] == "cps" and spec["noise_level"] > 1:
             errors.append(f"backbones.{b}.noise_level: {spec['noise_level']} with sde_type 'cps' (std = sigma' "
                           f"sin(a pi / 2) shrinks again above 1); allowed: (0, 1]")
     sample, report = config["sample"], config.get("report", {})
@@ -282,7 +310,7 @@ GRID_NAME = "{backbone}_{reward}.png"
 def _process_errors(train: dict, where: str) -> list[str]:
     """A run on several processes splits every prompt group evenly: each samples group_size / processes
     images of every prompt and trains on its share in as many minibatches as the others."""
-    processes, group = train.get("processes", 1), train["group_size"]
+    processes, group = train["processes"], train["group_size"]
     if processes == 1:
         return []
     if group % processes:
@@ -290,7 +318,7 @@ def _process_errors(train: dict, where: str) -> list[str]:
         return [f"{where}.processes: group_size {group} is not divisible by {processes} processes (each samples "
                 f"group_size / processes images of every prompt); allowed: {divisors}"]
     share = train["prompts_per_iteration"] * group // processes
-    if train.get("minibatches", 1) > share:
+    if train["minibatches"] > share:
         return [f"{where}.minibatches: {train['minibatches']} exceeds the {share} samples each of the {processes} "
                 f"processes trains on (prompts_per_iteration x group_size / processes); allowed: 1..{share}"]
     return []
@@ -349,7 +377,7 @@ def _caption_counts(config: dict, root: Path, errors: list[str]) -> tuple[int, i
 def _trained_steps(backbone: dict, train: dict) -> int | None:
     if "train_steps" not in backbone:
         return None
-    return max(1, int(backbone["train_steps"] * train.get("timestep_fraction", 0.99)))
+    return max(1, int(backbone["train_steps"] * train["timestep_fraction"]))
 
 
 def method_train(config: dict, method: str) -> dict:
@@ -380,36 +408,60 @@ def pretrain_spec(config: dict, backbone: str) -> dict:
     return {k: b[k] for k in ("kind", "model", "eval_steps", "guidance_scale") if k in b}
 
 
+# The train section's keys that shape the run rather than its GRPO step: run_spec puts them at the top of the
+# run config, under these names (train.RunConfig's own fields; eval_prompts becomes the count the run_config
+# stage cuts the held-out prompts to). Every other key of the section is a field of trainer.TrainSettings.
+RUN_KEYS = {"iterations": "iterations", "eval_every": "eval_every", "checkpoint_every": "checkpoint_every",
+            "eval_images_per_prompt": "eval_images_per_prompt", "eval_prompts": "eval_prompt_count",
+            "processes": "processes"}
+# A backbone's keys that are GRPO settings too (its rollouts' sampler): fields of trainer.TrainSettings.
+ROLLOUT_KEYS = ("train_steps", "guidance_scale", "noise_level", "sde_type")
+# What a method leaves out is off: no regulariser weight, no constrained steps, no creative reward.
+METHOD_OFF = {"reg_weight": 0.0, "sa_steps": 0, "creative": None}
+
+
+def method_settings(config: dict, method: str) -> dict:
+    """The method's trainer.MethodSettings, every field set (what it leaves out: METHOD_OFF)."""
+    m = config["methods"][method]
+    return {"regularizer": m["regularizer"], **{k: m.get(k, off) for k, off in METHOD_OFF.items()}}
+
+
 def run_spec(config: dict, backbone: str, reward: str, method: str, backbone_dir: str | None) -> dict:
     """What one run needs except the prompts (added by the run_config stage): the params that, when
-    changed, rerun exactly this run and what depends on it."""
-    m = dict(config["methods"][method])
-    m.pop("train", None)
+    changed, rerun exactly this run and what depends on it. Every field of the run's settings is set: the
+    config the workflow sees has every key of config/config.yaml."""
     train = method_train(config, method)
     b = config["backbones"][backbone]
-    spec_backbone = {**b, **({"path": backbone_dir} if backbone_dir else {})}
-    settings = {k: train[k] for k in (
-        "prompts_per_iteration", "group_size", "lr", "clip_range", "adv_clip", "global_std",
-        "timestep_fraction", "minibatches", "micro_batch", "max_grad_norm", "ema") if k in train}
-    settings.update({k: b[k] for k in ("train_steps", "guidance_scale", "noise_level") if k in b})
-    settings["sde_type"] = b.get("sde_type", "sde")
-    # Several processes change the run's random streams, hence its results: they join the spec. One process,
-    # the default, stays out of it, so that the key's arrival left every existing run's config.json as it was.
-    processes = {"processes": train["processes"]} if train.get("processes", 1) != 1 else {}
-    return {
-        "backbone": spec_backbone,
+    spec = {
+        "backbone": {**b, **({"path": backbone_dir} if backbone_dir else {})},
         "reward": config["rewards"][reward],
         "features": config["features"],
-        "method": {"regularizer": m["regularizer"], "reg_weight": m.get("reg_weight", 0.0),
-                   "sa_steps": m.get("sa_steps", 0), "creative": m.get("creative")},
-        "train": settings,
-        "iterations": train["iterations"],
-        "eval_every": train.get("eval_every", train["iterations"]),
-        "checkpoint_every": train.get("checkpoint_every", train["iterations"]),
-        "eval_images_per_prompt": train.get("eval_images_per_prompt", 8),
-        "eval_prompt_count": train.get("eval_prompts", 4),
+        "method": method_settings(config, method),
+        "train": {**{k: v for k, v in train.items() if k not in RUN_KEYS}, **{k: b[k] for k in ROLLOUT_KEYS}},
+        **{name: train[key] for key, name in RUN_KEYS.items()},
         "seed": config["seed"],
         "device": config["device"],
         "torch_threads": config["torch_threads"],
-        **processes,
     }
+    # Several processes change the run's random streams, hence its results: they join the spec. One process,
+    # the default, stays out of it, so that the key's arrival left every existing run's config.json as it was.
+    if (processes := spec.pop("processes")) != 1:
+        spec["processes"] = processes
+    return spec
+
+
+# The run whose settings are the Python API's defaults (trainer.TrainSettings(group_size=4) in tests and
+# benchmarks): config/config.yaml's own DiverseGRPO, the method that sets every field.
+PACKAGED_METHOD = "diverse_grpo"
+
+
+@functools.cache
+def _packaged_spec() -> dict:
+    config = _defaults()
+    return run_spec(config, config["runs"]["backbones"][0], config["runs"]["rewards"][0], PACKAGED_METHOD, None)
+
+
+def packaged_spec() -> dict:
+    """run_spec of config/config.yaml's DiverseGRPO on its first backbone and reward: where a settings field left
+    out in Python takes its value. A run never does: its run config carries every field."""
+    return copy.deepcopy(_packaged_spec())
