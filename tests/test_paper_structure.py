@@ -33,7 +33,7 @@ def _gradients(tiny_toy_dir, micro_batch):
     rollout = _rollout(backbone)
     advantages = group_advantages(ColourReward()(rollout.images, rollout.prompts), rollout.group_ids)
     settings = TrainSettings(train_steps=3, timestep_fraction=1.0, guidance_scale=1.5, noise_level=0.7,
-                             minibatches=1, micro_batch=micro_batch)
+                             sde_type="sde", minibatches=1, micro_batch=micro_batch)  # as _rollout sampled
 
     class Frozen(torch.optim.SGD):  # keeps the gradients for inspection
         def zero_grad(self, set_to_none=True):

@@ -11,13 +11,15 @@ from diversegrpo.sampling import sample_rollout
 from diversegrpo.trainer import CreativeSettings, MethodSettings, TrainSettings, grpo_iteration
 
 METHODS = {
-    "flow_grpo": MethodSettings(),
+    "flow_grpo": MethodSettings(regularizer="none"),
     "flow_grpo_kl": MethodSettings(regularizer="kl", reg_weight=0.01),
     "sa_reg": MethodSettings(regularizer="sa_reg", reg_weight=10.0, sa_steps=1),
     "diverse_grpo": MethodSettings(regularizer="sa_reg", reg_weight=10.0, sa_steps=1, creative=CreativeSettings(k=2)),
 }
+# the rest as config/config.yaml sets it (the toy backbone's CPS rollouts); every step trained
 SETTINGS = TrainSettings(
-    prompts_per_iteration=2, group_size=4, lr=1e-2, train_steps=3, guidance_scale=1.5, minibatches=2
+    prompts_per_iteration=2, group_size=4, lr=1e-2, train_steps=3, timestep_fraction=1.0, guidance_scale=1.5,
+    minibatches=2,
 )
 
 
@@ -100,3 +102,4 @@ def test_non_finite_reward_stops_the_iteration_naming_the_prompt(tiny_toy_dir):
     with pytest.raises(FloatingPointError, match=r"#5 'a green frame'"):
         grpo_iteration(backbone, optimizer, ["a red disc", "a green frame"], broken, PooledPixels(),
                        METHODS["flow_grpo"], SETTINGS, torch.Generator().manual_seed(0))
+

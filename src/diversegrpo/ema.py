@@ -17,8 +17,10 @@ import torch
 
 @dataclass
 class EmaSettings:
-    decay: float = 0.9  # the average's decay once warmed up
-    every: int = 8  # optimizer steps between updates
+    """train.ema (config/config.yaml; Flow-GRPO's: decay 0.9, every 8)."""
+
+    decay: float  # the average's decay once warmed up
+    every: int  # optimizer steps between updates
 
 
 def ema_decay(step: int, decay: float) -> float:

@@ -26,7 +26,7 @@ import hashlib
 import json
 import os
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from . import __version__, distributed, tracking, trainer, world
 from .backbones.base import Backbone, LoraSpec
-from .ema import EMA, EmaSettings
+from .ema import EMA
 from .evaluation import per_prompt, score_rewards, world_statistics
 from .io import load_state, reading, remove_stale_temps, save_state, write_parquet
 from .registry import BACKBONES, build_features, build_reward, resolve
@@ -69,7 +69,7 @@ def config_hash(config: dict) -> str:
 
 @dataclass
 class RunConfig:
-    """Everything one run needs, resolved by the workflow (config/config.yaml + the run's names)."""
+    """Everything one run needs, resolved by the workflow (config.run_spec, plus the prompts)."""
 
     backbone: dict
     reward: dict
@@ -82,21 +82,28 @@ class RunConfig:
     eval_images_per_prompt: int
     train_prompts: list[str]
     eval_prompts: list[str]
-    seed: int = 0
-    device: str = "cpu"
-    torch_threads: int = 1
-    processes: int = 1  # training processes of this one run (absent from a run config: 1)
+    seed: int
+    device: str
+    torch_threads: int
+    processes: int = 1  # training processes of this one run (absent from a run config: 1; config.run_spec)
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
-        d = dict(d)
-        creative = d["method"].get("creative")
-        creative = trainer.CreativeSettings(**creative) if creative else None
-        d["method"] = trainer.MethodSettings(**{**d["method"], "creative": creative})
-        train = dict(d["train"])
-        train["ema"] = EmaSettings(**train["ema"]) if train.get("ema") else None
-        d["train"] = trainer.TrainSettings(**train)
-        return cls(**d)
+        """A run config as the run_config stage writes it: every field set. One left out would silently take the
+        Python API's default (config/config.yaml's of today), so it is an error that names it."""
+        method, train = d["method"], d["train"]
+        _require_every_field(trainer.MethodSettings, method, "method")
+        if method["creative"] is not None:
+            _require_every_field(trainer.CreativeSettings, method["creative"], "method.creative")
+        _require_every_field(trainer.TrainSettings, train, "train")
+        return cls(**{**d, "method": trainer.MethodSettings(**method), "train": trainer.TrainSettings(**train)})
+
+
+def _require_every_field(settings: type, values: dict, where: str) -> None:
+    missing = [f.name for f in fields(settings) if f.name not in values]
+    if missing:
+        raise ValueError(f"the run config's {where} lacks {missing}: a run config sets every field (rebuild it "
+                         f"with the run_config rule)")
 
 
 def resolve_device(name: str) -> torch.device:

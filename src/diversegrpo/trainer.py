@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import regularizers
+from . import config, regularizers
 from .backbones.base import Backbone
 from .creative import cosine_distances, exploration_bonus, mix
 from .distributed import Collective, SingleProcess
@@ -33,41 +33,72 @@ Reward = Callable[[torch.Tensor, list[str]], torch.Tensor]
 Embedder = Callable[[torch.Tensor], torch.Tensor]
 
 
-@dataclass
+# ----- settings: a run config's `method` and `train`, field for field (documented in config/config.yaml) -------
+def _defaults_from(part: Callable[[dict], dict]):
+    """@dataclass whose fields, left out, take their value in `part` of config/config.yaml's own run
+    (config.packaged_spec): the Python API's defaults (tests, benchmarks) are the shipped config's, never
+    restated here. A run never takes them: its run config carries every field (train.RunConfig.from_dict)."""
+
+    def make(cls):
+        for name in cls.__annotations__:
+            if hasattr(cls, name):
+                raise TypeError(f"{cls.__name__}.{name}: a default here would restate config/config.yaml's")
+            setattr(cls, name, field(default_factory=lambda name=name: part(config.packaged_spec())[name]))
+        return dataclass(cls)
+
+    return make
+
+
+@_defaults_from(lambda spec: spec["method"]["creative"])
 class CreativeSettings:
-    beta: float = 1.0
-    mix: str = "standardised"
-    k: int | str = 4
-    k_max: int = 6
-    sigma: float | str = "median"
-    knn: int = 3
+    """The creative reward: methods.*.creative."""
+
+    beta: float
+    mix: str
+    k: int | str
+    k_max: int
+    sigma: float | str
+    knn: int
 
 
 @dataclass
 class MethodSettings:
-    regularizer: regularizers.RegularizerName = "none"
-    reg_weight: float = 0.0
-    sa_steps: int = 0  # K
-    creative: CreativeSettings | None = None
+    """A method: methods.* less its train overrides; what it leaves out is off (config.METHOD_OFF)."""
+
+    regularizer: regularizers.RegularizerName
+    reg_weight: float = config.METHOD_OFF["reg_weight"]
+    sa_steps: int = config.METHOD_OFF["sa_steps"]  # K
+    creative: CreativeSettings | None = config.METHOD_OFF["creative"]
+
+    def __post_init__(self):
+        if isinstance(self.creative, dict):  # as a run config holds it
+            self.creative = CreativeSettings(**self.creative)
 
 
-@dataclass
+@_defaults_from(lambda spec: spec["train"])
 class TrainSettings:
-    prompts_per_iteration: int = 4
-    group_size: int = 12
-    lr: float = 3e-4
-    clip_range: float = 1e-4
-    adv_clip: float = 5.0
-    global_std: bool = False
-    timestep_fraction: float = 0.99
-    minibatches: int = 1  # optimizer steps per iteration: the algorithm
-    micro_batch: int | None = None  # samples per transformer forward (rollout, train, decode): memory only
-    max_grad_norm: float = 1.0
-    train_steps: int = 8
-    guidance_scale: float = 1.0
-    noise_level: float = 0.7
-    sde_type: str = "sde"
-    ema: EmaSettings | None = None  # evaluate and save an EMA of the LoRA (Flow-GRPO's); None: the raw weights
+    """GRPO's settings: the train section (less config.RUN_KEYS, the run's own) and the backbone's rollout keys
+    (config.ROLLOUT_KEYS)."""
+
+    prompts_per_iteration: int
+    group_size: int
+    lr: float
+    clip_range: float
+    adv_clip: float
+    global_std: bool
+    timestep_fraction: float
+    minibatches: int  # optimizer steps per iteration: the algorithm
+    micro_batch: int | None  # samples per transformer forward (rollout, train, decode): memory only
+    max_grad_norm: float
+    train_steps: int
+    guidance_scale: float
+    noise_level: float
+    sde_type: str
+    ema: EmaSettings | None  # evaluate and save an EMA of the LoRA (Flow-GRPO's); None: the raw weights
+
+    def __post_init__(self):
+        if isinstance(self.ema, dict):  # as a run config holds it
+            self.ema = EmaSettings(**self.ema)
 
     @property
     def trained_steps(self) -> int:
