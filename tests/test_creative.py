@@ -121,3 +121,45 @@ def test_partition_agrees_with_scikit_learn_spectral_clustering(seed):
     ours = exploration_bonus(d, k=3, sigma="median").labels
     assert same_partition(ours, reference.fit_predict(affinity(d, sigma="median")))
     assert same_partition(ours, truth)
+
+
+def load_benchmark():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "creative_sklearn.py"
+    spec = importlib.util.spec_from_file_location("creative_sklearn", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_sklearn_benchmark_times_our_clustering_and_the_same_reward():
+    """benchmarks/creative_sklearn.py (issue 16) times creative.py's own clustering, and its scikit-learn variant
+    of the reward differs from exploration_bonus only by the clustering."""
+    bench = load_benchmark()
+    e, truth = planted(noise=0.15, seed=12)
+    d = cosine_distances(e)
+    out = exploration_bonus(d, k=3, sigma="median")
+    np.testing.assert_array_equal(bench.handwritten_labels(affinity(d.numpy()), 3), out.labels.numpy())
+    bonus, labels = bench.sklearn_bonus(d, k=3, sigma="median")
+    assert same_partition(labels, truth)
+    torch.testing.assert_close(bonus, out.bonus)
+    # overlapping clusters: the two partitions (hence bonuses) can differ, which the benchmark's ARI measures
+    e, _ = planted(noise=0.5, seed=3)
+    noisy = cosine_distances(e)
+    assert not torch.equal(bench.sklearn_bonus(noisy, k=4)[1], exploration_bonus(noisy, k=4).labels)
+
+
+def test_sklearn_benchmark_runs_tiny_and_reports_every_row(capsys):
+    bench = load_benchmark()
+    result = bench.main(["--repeats", "5", "--groups", "4"])
+    assert len(result["timings"]) == 16 == len(result["agreement"])  # 2 sizes x 4 kinds x 2 settings
+    for r in result["timings"]:
+        assert 0 < r["handwritten"] <= r["handwritten_p90"] and 0 < r["sklearn"] <= r["sklearn_p90"]
+        assert r["ratio"] == pytest.approx(r["sklearn"] / r["handwritten"])
+        assert r["reward_ratio"] == pytest.approx(r["sklearn_reward"] / r["handwritten_reward"])
+    rows = {(r["group"], r["kind"], r["k"]): r for r in result["agreement"]}
+    assert rows[24, "separated", 4]["mean_ari"] > 0.9 and rows[24, "separated", 4]["mean_clusters"] == 4
+    assert all(-1 <= r["min_ari"] <= r["mean_ari"] <= 1 for r in rows.values())
+    assert "whole reward" in capsys.readouterr().out
