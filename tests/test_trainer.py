@@ -8,7 +8,7 @@ from diversegrpo.backbones.toy import ToyBackbone
 from diversegrpo.features.toy import PooledPixels
 from diversegrpo.rewards.toy import ColourReward
 from diversegrpo.sampling import sample_rollout
-from diversegrpo.trainer import CreativeSettings, MethodSettings, TrainSettings, grpo_iteration
+from diversegrpo.trainer import CreativeSettings, MethodSettings, TrainSettings, check_finite, grpo_iteration
 
 METHODS = {
     "flow_grpo": MethodSettings(regularizer="none"),
@@ -103,3 +103,33 @@ def test_non_finite_reward_stops_the_iteration_naming_the_prompt(tiny_toy_dir):
         grpo_iteration(backbone, optimizer, ["a red disc", "a green frame"], broken, PooledPixels(),
                        METHODS["flow_grpo"], SETTINGS, torch.Generator().manual_seed(0))
 
+
+def test_non_finite_gradient_norm_takes_no_optimizer_step_and_names_the_minibatch(tiny_toy_dir):
+    backbone = lora_backbone(tiny_toy_dir)
+    before = [p.detach().clone() for p in backbone.lora_parameters()]
+    infinite = torch.tensor(float("inf"))
+    for p in backbone.lora_parameters():  # every gradient infinite: the clipped norm is too
+        p.register_hook(lambda grad: grad * infinite)
+    optimizer = torch.optim.AdamW(backbone.lora_parameters(), lr=1.0)
+    with pytest.raises(FloatingPointError, match=r"non-finite gradient norm \(no optimizer step taken\) for 4 sample"):
+        grpo_iteration(backbone, optimizer, ["a red disc", "a green frame"], ColourReward(), PooledPixels(),
+                       METHODS["flow_grpo"], SETTINGS, torch.Generator().manual_seed(0))
+    assert all(torch.equal(p, b) for p, b in zip(backbone.lora_parameters(), before))
+
+
+PROMPTS = ["p0", "p1", "p2", "p3"]
+
+
+def test_check_finite_names_the_samples_to_blame():
+    check_finite("reward", torch.zeros(4), PROMPTS)  # finite: nothing to say
+    check_finite("loss", 1.5, PROMPTS, [2, 3])
+    with pytest.raises(FloatingPointError, match=r"^non-finite reward for 2 sample\(s\): #1 'p1', #3 'p3'$"):
+        check_finite("reward", torch.tensor([0.0, float("nan"), 1.0, -float("inf")]), PROMPTS)
+    # one number per sample of a chunk: the chunk's own indices into the batch
+    with pytest.raises(FloatingPointError, match=r"for 1 sample\(s\): #2 'p2'$"):
+        check_finite("loss terms", torch.tensor([float("nan"), 0.0]), PROMPTS, [2, 0])
+    # one number for them all (a loss, a gradient norm): each is named
+    with pytest.raises(FloatingPointError, match=r"^non-finite gradient norm for 2 sample\(s\): #3 'p3', #0 'p0'$"):
+        check_finite("gradient norm", float("inf"), PROMPTS, [3, 0])
+    with pytest.raises(FloatingPointError, match=r"for 12 sample\(s\): #0 'x', .*#7 'x', \.\.\.$"):
+        check_finite("reward", torch.full((12,), float("nan")), ["x"] * 12)

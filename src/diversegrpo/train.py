@@ -248,7 +248,7 @@ class Run:
         statistics = world_statistics if self.cfg.backbone["kind"] == "toy" else None
         result = trainer.grpo_iteration(
             self.backbone, self.optimizer, prompts, self.reward, self.embedder, self.cfg.method, self.cfg.train,
-            generator, statistics, self.collective, self.ema,
+            generator, rollout_statistics=statistics, collective=self.collective, ema=self.ema,
         )
         # running totals of prompts the text encoders cut short (paper backbones; long prompts are kept)
         truncated = {f"truncated_{name}": n for name, n in getattr(self.backbone, "truncated_prompts", {}).items()}

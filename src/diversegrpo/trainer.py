@@ -8,13 +8,15 @@ group_size / world_size images of every prompt; rewards and features are gathere
 advantages and the creative reward see whole groups, in the order one process would hold them
 (`BatchLayout`); each process then trains on its own images and the LoRA gradients are averaged.
 With the default `SingleProcess` collective every step is what it was with one process.
+
+The settings come first, then `grpo_iteration`, then its steps in the order it takes them.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -31,6 +33,7 @@ from .sde import sde_step
 
 Reward = Callable[[torch.Tensor, list[str]], torch.Tensor]
 Embedder = Callable[[torch.Tensor], torch.Tensor]
+RolloutStatistics = Callable[[torch.Tensor, list[str]], dict]
 
 
 # ----- settings: a run config's `method` and `train`, field for field (documented in config/config.yaml) -------
@@ -105,6 +108,152 @@ class TrainSettings:
         return max(1, int(self.train_steps * self.timestep_fraction))
 
 
+SINGLE_PROCESS = SingleProcess()
+
+
+# ----- the story ------------------------------------------------------------------------------------------------
+def grpo_iteration(
+    backbone: Backbone,
+    optimizer: torch.optim.Optimizer,
+    prompts: list[str],
+    reward: Reward,
+    embedder: Embedder,
+    method: MethodSettings,
+    settings: TrainSettings,
+    generator: torch.Generator,
+    *,
+    rollout_statistics: RolloutStatistics | None = None,
+    collective: Collective = SINGLE_PROCESS,
+    ema: EMA | None = None,
+) -> IterationLog:
+    """sample -> score -> advantages -> train; returns the iteration's log.
+
+    `rollout_statistics(images, prompts)` adds world-specific numbers to the log (the toy world's
+    ground-truth modes), computed on the rollout before the update. With several processes each samples
+    group_size / world_size images of every prompt with its own `generator`; the log describes the
+    whole batch, the same on every process."""
+    clock = _Clock()
+    rollout = sample(backbone, prompts, settings, generator, collective)
+    clock.lap("sample")
+    scores = score(rollout, reward, embedder, method.creative, collective, global_std=settings.global_std)
+    advantages = group_advantages(scores.rewards, scores.layout.group_ids, settings.global_std, settings.adv_clip)
+    extra = {}
+    if rollout_statistics:  # the images travel only for these statistics (the toy world's small ones)
+        extra = rollout_statistics(scores.layout.whole(rollout.images, collective), scores.prompts)
+    clock.lap("score")
+    own = advantages[scores.layout.own].to(rollout.latents.device)  # (b,) this process's samples, moved once
+    stats = train_on_rollout(backbone, optimizer, rollout, own, method, settings, generator, collective, ema=ema)
+    clock.lap("train")
+    return IterationLog(
+        reward_mean=float(scores.quality.mean()),
+        reward_std=float(scores.quality.std()),
+        diversity=scores.diversity,
+        clusters=scores.clusters,
+        bonus_mean=float(scores.bonus.mean()) if scores.bonus is not None else float("nan"),
+        stats=stats,
+        seconds=clock.laps,
+        extra=extra,
+    )
+
+
+@dataclass
+class StepStats:
+    policy_loss: float = 0.0
+    regularizer: float = 0.0
+    clipfrac: float = 0.0
+    approx_kl: float = 0.0
+    grad_norm: float = 0.0
+
+
+@dataclass
+class IterationLog:
+    reward_mean: float
+    reward_std: float
+    diversity: float
+    clusters: float
+    bonus_mean: float
+    stats: StepStats = field(default_factory=StepStats)
+    seconds: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # world-specific statistics of the rollout (toy: modes)
+
+    def row(self) -> dict:
+        seconds = {f"seconds_{k}": v for k, v in self.seconds.items()}
+        plain = {k: v for k, v in asdict(self).items() if k not in ("stats", "seconds", "extra")}
+        return {**plain, **asdict(self.stats), **self.extra, **seconds}
+
+
+# ----- sample ---------------------------------------------------------------------------------------------------
+def sample(
+    backbone: Backbone, prompts: list[str], settings: TrainSettings, generator: torch.Generator,
+    collective: Collective = SINGLE_PROCESS,
+) -> Rollout:
+    """This process's SDE rollouts: its share of each prompt's group."""
+    return sample_rollout(
+        backbone, prompts, per_process_group_size(settings.group_size, collective.world_size),
+        num_steps=settings.train_steps, guidance_scale=settings.guidance_scale, noise_level=settings.noise_level,
+        generator=generator, sde_type=settings.sde_type, micro_batch=settings.micro_batch,
+    )
+
+
+def per_process_group_size(group_size: int, world_size: int) -> int:
+    """Images of each prompt one process samples; an error, before any work, when they cannot be equal."""
+    if group_size % world_size:
+        raise ValueError(
+            f"group_size {group_size} is not divisible by the {world_size} training processes: each process "
+            f"samples group_size / processes images of every prompt (choose train.processes among the divisors "
+            f"of {group_size})"
+        )
+    return group_size // world_size
+
+
+# ----- score ----------------------------------------------------------------------------------------------------
+@dataclass
+class Scores:
+    """Of the whole batch (every process's images, in `layout` order)."""
+
+    quality: torch.Tensor  # (B,) the reward model's score
+    rewards: torch.Tensor  # (B,) what the advantages see: quality, or quality mixed with the bonus
+    bonus: torch.Tensor | None  # (B,) exploration bonus E
+    diversity: float  # mean pairwise distance inside a group, averaged over groups
+    clusters: float  # mean clusters found per group (nan without the creative reward)
+    layout: BatchLayout
+    prompts: list[str]  # (B,)
+
+
+def score(
+    rollout: Rollout, reward: Reward, embedder: Embedder, creative: CreativeSettings | None,
+    collective: Collective = SINGLE_PROCESS, *, global_std: bool = False,
+) -> Scores:
+    """Quality per image, then (DiverseGRPO) the group-level exploration bonus mixed in.
+
+    Each process scores and embeds its own images; the quality and the features are gathered, so that
+    the bonus and the diversity are those of whole groups, the same on every process. The standardised mix
+    measures the bonus in the unit the advantages divide quality by (`global_std` as in group_advantages)."""
+    layout = BatchLayout.of(rollout.group_ids, collective)
+    prompts = layout.prompts(rollout.group_ids, rollout.prompts)
+    quality = layout.whole(reward(rollout.images, rollout.prompts).float().cpu(), collective)  # (B,)
+    check_finite("reward", quality, prompts)  # on every process alike: all stop, none waits for the others
+    distances = group_distances(layout.whole(embedder(rollout.images), collective), layout.group_ids)
+    diversity = float(np.mean([mean_pairwise(d) for d in distances]))
+    if creative is None:
+        return Scores(quality, quality, None, diversity, float("nan"), layout, prompts)
+    rewards, bonus, clusters = quality.clone(), torch.empty_like(quality), []
+    unit = advantage_scale(quality, layout.group_ids, global_std).float()  # (B,)
+    for g, d in zip(torch.unique(layout.group_ids), distances):
+        members = layout.group_ids == g
+        out = exploration_bonus(d, k=creative.k, sigma=creative.sigma, knn=creative.knn, k_max=creative.k_max)
+        bonus[members] = out.bonus
+        rewards[members] = mix(quality[members], out.bonus, creative.beta, creative.mix, unit[members])
+        clusters.append(out.num_clusters)
+    check_finite("reward after the creative bonus", rewards, prompts)
+    return Scores(quality, rewards, bonus, diversity, float(np.mean(clusters)), layout, prompts)
+
+
+def group_distances(embeddings: torch.Tensor, group_ids: torch.Tensor) -> list[torch.Tensor]:
+    """(N_g, N_g) cosine distances for each group, in group order."""
+    return [cosine_distances(embeddings[group_ids == g]) for g in torch.unique(group_ids)]
+
+
 @dataclass
 class BatchLayout:
     """Where each process's samples sit in the iteration's whole batch.
@@ -139,89 +288,24 @@ class BatchLayout:
         return [by_group[g] for g in self.group_ids.tolist()]
 
 
-@dataclass
-class Scores:
-    """Of the whole batch (every process's images, in `layout` order)."""
+def check_finite(
+    what: str, values: torch.Tensor | float, prompts: list[str], samples: Sequence[int] | None = None
+) -> None:
+    """Stop before a NaN or inf goes any further: a FloatingPointError naming the samples to blame.
 
-    quality: torch.Tensor  # (B,) the reward model's score
-    rewards: torch.Tensor  # (B,) what the advantages see: quality, or quality mixed with the bonus
-    bonus: torch.Tensor | None  # (B,) exploration bonus E
-    diversity: float  # mean pairwise distance inside a group, averaged over groups
-    clusters: float  # mean clusters found per group (nan without the creative reward)
-    layout: BatchLayout
-    prompts: list[str]  # (B,)
-
-
-@dataclass
-class StepStats:
-    policy_loss: float = 0.0
-    regularizer: float = 0.0
-    clipfrac: float = 0.0
-    approx_kl: float = 0.0
-    grad_norm: float = 0.0
+    `values` holds one number per sample, sample `samples[i]` of the batch whose prompts are `prompts`
+    (default: every sample, in order), or one number for all of `samples` (a loss, a gradient norm), which
+    blames them all."""
+    finite = torch.isfinite(torch.as_tensor(values).detach().cpu())
+    if bool(finite.all()):
+        return
+    samples = range(len(prompts)) if samples is None else samples
+    bad = [i for i, ok in zip(samples, finite.expand(len(samples)).tolist()) if not ok]
+    detail = ", ".join(f"#{i} {prompts[i]!r}" for i in bad[:8]) + (", ..." if len(bad) > 8 else "")
+    raise FloatingPointError(f"non-finite {what} for {len(bad)} sample(s): {detail}")
 
 
-@dataclass
-class IterationLog:
-    reward_mean: float
-    reward_std: float
-    diversity: float
-    clusters: float
-    bonus_mean: float
-    stats: StepStats = field(default_factory=StepStats)
-    seconds: dict = field(default_factory=dict)
-    extra: dict = field(default_factory=dict)  # world-specific statistics of the rollout (toy: modes)
-
-    def row(self) -> dict:
-        seconds = {f"seconds_{k}": v for k, v in self.seconds.items()}
-        plain = {k: v for k, v in asdict(self).items() if k not in ("stats", "seconds", "extra")}
-        return {**plain, **asdict(self.stats), **self.extra, **seconds}
-
-
-def group_distances(embeddings: torch.Tensor, group_ids: torch.Tensor) -> list[torch.Tensor]:
-    """(N_g, N_g) cosine distances for each group, in group order."""
-    return [cosine_distances(embeddings[group_ids == g]) for g in torch.unique(group_ids)]
-
-
-SINGLE_PROCESS = SingleProcess()
-
-
-def score(
-    rollout: Rollout, reward: Reward, embedder: Embedder, creative: CreativeSettings | None,
-    collective: Collective = SINGLE_PROCESS, *, global_std: bool = False,
-) -> Scores:
-    """Quality per image, then (DiverseGRPO) the group-level exploration bonus mixed in.
-
-    Each process scores and embeds its own images; the quality and the features are gathered, so that
-    the bonus and the diversity are those of whole groups, the same on every process. The standardised mix
-    measures the bonus in the unit the advantages divide quality by (`global_std` as in group_advantages)."""
-    layout = BatchLayout.of(rollout.group_ids, collective)
-    prompts = layout.prompts(rollout.group_ids, rollout.prompts)
-    quality = layout.whole(reward(rollout.images, rollout.prompts).float().cpu(), collective)  # (B,)
-    check_finite("reward", quality, prompts)  # on every process alike: all stop, none waits for the others
-    distances = group_distances(layout.whole(embedder(rollout.images), collective), layout.group_ids)
-    diversity = float(np.mean([mean_pairwise(d) for d in distances]))
-    if creative is None:
-        return Scores(quality, quality, None, diversity, float("nan"), layout, prompts)
-    rewards, bonus, clusters = quality.clone(), torch.empty_like(quality), []
-    unit = advantage_scale(quality, layout.group_ids, global_std).float()  # (B,)
-    for g, d in zip(torch.unique(layout.group_ids), distances):
-        members = layout.group_ids == g
-        out = exploration_bonus(d, k=creative.k, sigma=creative.sigma, knn=creative.knn, k_max=creative.k_max)
-        bonus[members] = out.bonus
-        rewards[members] = mix(quality[members], out.bonus, creative.beta, creative.mix, unit[members])
-        clusters.append(out.num_clusters)
-    check_finite("reward after the creative bonus", rewards, prompts)
-    return Scores(quality, rewards, bonus, diversity, float(np.mean(clusters)), layout, prompts)
-
-
-def check_finite(what: str, values: torch.Tensor, prompts: list[str]) -> None:
-    bad = (~torch.isfinite(values)).nonzero().flatten().tolist()
-    if bad:
-        detail = ", ".join(f"#{i} {prompts[i]!r}" for i in bad[:8])
-        raise FloatingPointError(f"non-finite {what} for {len(bad)} sample(s): {detail}")
-
-
+# ----- train ----------------------------------------------------------------------------------------------------
 def train_on_rollout(
     backbone: Backbone,
     optimizer: torch.optim.Optimizer,
@@ -231,6 +315,7 @@ def train_on_rollout(
     settings: TrainSettings,
     generator: torch.Generator,
     collective: Collective = SINGLE_PROCESS,
+    *,
     ema: EMA | None = None,
 ) -> StepStats:
     """Rescore the stored trajectories under the current policy: clipped loss + regulariser per step,
@@ -241,21 +326,16 @@ def train_on_rollout(
     as many, so each makes the same number of minibatches of equal size: the average of their gradients is
     the gradient of the mean loss over the union, which is the minibatch one process would have trained on.
     Host syncs: one per trained step (the finiteness check and the statistics), one per optimizer step."""
-    device = rollout.latents.device
-    _same_device(device, advantages=advantages, log_probs=rollout.log_probs, sigmas=rollout.sigmas,
+    _same_device(rollout.latents.device, advantages=advantages, log_probs=rollout.log_probs, sigmas=rollout.sigmas,
                  embeds=rollout.cond.embeds)
+    update = _Update(backbone, optimizer, rollout, advantages, method, settings, collective, ema)
     order = torch.randperm(advantages.shape[0], generator=generator)  # (b,) on CPU: the generator's stream
     sums = np.zeros(4)  # policy_loss, regularizer, clipfrac, approx_kl: per-step means, summed
     grad_norm = 0.0  # mean over the optimizer steps
     for minibatch in order.chunk(settings.minibatches):
         for chunk in minibatch.split(settings.micro_batch or len(minibatch)):
-            sums += accumulate_gradients(
-                backbone, rollout, advantages, chunk, len(chunk) / len(minibatch), method, settings
-            )
-        grad_norm += (
-            optimizer_step(backbone, optimizer, collective, settings.max_grad_norm, rollout, minibatch, ema)
-            / settings.minibatches
-        )
+            sums += update.accumulate_gradients(chunk, len(chunk) / len(minibatch))
+        grad_norm += update.optimizer_step(minibatch) / settings.minibatches
     if collective.world_size > 1:  # means over equal-sized shares: their average is the whole batch's
         shared = torch.from_numpy(sums)
         collective.mean_([shared])
@@ -264,74 +344,69 @@ def train_on_rollout(
     return StepStats(*means.tolist(), grad_norm=grad_norm)
 
 
-def accumulate_gradients(
-    backbone: Backbone, rollout: Rollout, advantages: torch.Tensor, chunk: torch.Tensor, weight: float,
-    method: MethodSettings, settings: TrainSettings,
-) -> np.ndarray:
-    """Backward of `weight` x the chunk's mean loss, averaged over the trained steps (weight: the chunk's share
-    of its minibatch, so that the chunks' gradients add up to the minibatch's). Returns (4,) the per-step
-    statistics summed over the steps, weighted alike."""
-    index = chunk.to(rollout.latents.device)  # (c,) moved once; `chunk` stays on CPU for messages
-    cond, adv, sums = rollout.cond[index], advantages[index], np.zeros(4)
-    for j in range(settings.trained_steps):
-        x, x_next = rollout.latents[j, index], rollout.latents[j + 1, index]
-        sigma, sigma_next = rollout.sigmas[j], rollout.sigmas[j + 1]
-        v = backbone.velocity(x, sigma, cond, settings.guidance_scale)
-        step = sde_step(x, v, sigma, sigma_next, settings.noise_level, prev_sample=x_next, sde_type=settings.sde_type)
-        policy = clipped_loss(adv, step.log_prob, rollout.log_probs[j, index], settings.clip_range)
-        ref_mean = None
-        if regularizers.needs_reference(method.regularizer, j, method.sa_steps):
-            with torch.no_grad(), backbone.adapter_disabled():
-                v_ref = backbone.velocity(x, sigma, cond, settings.guidance_scale)
-                ref_mean = sde_step(
-                    x, v_ref, sigma, sigma_next, settings.noise_level, prev_sample=x_next, sde_type=settings.sde_type
-                ).mean
-        reg_per_sample = regularizers.penalty(method.regularizer, step.mean, ref_mean, step.std, j, method.sa_steps)
-        reg = reg_per_sample.mean()
-        loss = policy.loss + method.reg_weight * reg
-        values = (
-            torch.stack([loss, policy.loss, reg, policy.clipfrac, policy.approx_kl]).detach().double().cpu().numpy()
-        )
-        if not np.isfinite(values[0]):  # before backward: a NaN must never reach the gradients
-            _raise_non_finite(j, values, step.log_prob.detach() + reg_per_sample.detach(), chunk, rollout.prompts)
-        (loss * weight / settings.trained_steps).backward()  # weight 1: bit-identical to loss / steps
-        sums += weight * values[1:]
-    return sums
+@dataclass
+class _Update:
+    """What every minibatch and micro-batch of one rollout's training shares."""
 
+    backbone: Backbone
+    optimizer: torch.optim.Optimizer
+    rollout: Rollout
+    advantages: torch.Tensor  # (b,) this process's samples, on the backbone's device
+    method: MethodSettings
+    settings: TrainSettings
+    collective: Collective
+    ema: EMA | None
 
-def _raise_non_finite(j: int, values: np.ndarray, per_sample: torch.Tensor, chunk: torch.Tensor, prompts: list[str]):
-    bad = chunk[~torch.isfinite(per_sample.cpu())].tolist() or chunk.tolist()
-    detail = ", ".join(f"#{i} {prompts[i]!r}" for i in bad[:8])
-    raise FloatingPointError(
-        f"non-finite loss at step {j} (policy {values[1]}, regulariser {values[2]}); {len(bad)} sample(s): {detail}"
-    )
+    def accumulate_gradients(self, chunk: torch.Tensor, weight: float) -> np.ndarray:
+        """Backward of `weight` x the chunk's mean loss, averaged over the trained steps (weight: the chunk's share
+        of its minibatch, so that the chunks' gradients add up to the minibatch's). Returns (4,) the per-step
+        statistics summed over the steps, weighted alike."""
+        backbone, rollout, method, settings = self.backbone, self.rollout, self.method, self.settings
+        index = chunk.to(rollout.latents.device)  # (c,) moved once; `chunk` stays on CPU for messages
+        cond, adv, sums = rollout.cond[index], self.advantages[index], np.zeros(4)
+        for j in range(settings.trained_steps):
+            x, x_next = rollout.latents[j, index], rollout.latents[j + 1, index]
+            sigma, sigma_next = rollout.sigmas[j], rollout.sigmas[j + 1]
+            v = backbone.velocity(x, sigma, cond, settings.guidance_scale)
+            step = sde_step(
+                x, v, sigma, sigma_next, settings.noise_level, prev_sample=x_next, sde_type=settings.sde_type
+            )
+            policy = clipped_loss(adv, step.log_prob, rollout.log_probs[j, index], settings.clip_range)
+            ref_mean = None
+            if regularizers.needs_reference(method.regularizer, j, method.sa_steps):
+                with torch.no_grad(), backbone.adapter_disabled():
+                    v_ref = backbone.velocity(x, sigma, cond, settings.guidance_scale)
+                    ref_mean = sde_step(
+                        x, v_ref, sigma, sigma_next, settings.noise_level, prev_sample=x_next,
+                        sde_type=settings.sde_type,
+                    ).mean
+            reg_per_sample = regularizers.penalty(
+                method.regularizer, step.mean, ref_mean, step.std, j, method.sa_steps
+            )
+            reg = reg_per_sample.mean()
+            loss = policy.loss + method.reg_weight * reg
+            values = (
+                torch.stack([loss, policy.loss, reg, policy.clipfrac, policy.approx_kl]).detach().double().cpu().numpy()
+            )
+            if not np.isfinite(values[0]):  # before backward: a NaN must never reach the gradients
+                what, samples = f"loss at step {j} (policy {values[1]}, regulariser {values[2]})", chunk.tolist()
+                check_finite(what, step.log_prob.detach() + reg_per_sample.detach(), rollout.prompts, samples)
+                check_finite(what, values[0], rollout.prompts, samples)  # no sample's own terms: all of them
+            (loss * weight / settings.trained_steps).backward()  # weight 1: bit-identical to loss / steps
+            sums += weight * values[1:]
+        return sums
 
-
-def optimizer_step(
-    backbone: Backbone, optimizer: torch.optim.Optimizer, collective: Collective, max_grad_norm: float,
-    rollout: Rollout, minibatch: torch.Tensor, ema: EMA | None,
-) -> float:
-    """Average the gradients over processes, clip, step (and update the EMA); returns the gradient norm."""
-    average_gradients(backbone.lora_parameters(), collective)
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(backbone.lora_parameters(), max_grad_norm))
-    if not np.isfinite(grad_norm):
-        prompts = sorted({rollout.prompts[i] for i in minibatch.tolist()})
-        raise FloatingPointError(
-            f"non-finite gradient norm on a minibatch with prompts {prompts[:8]}; no optimizer step taken"
-        )
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    if ema is not None:
-        ema.update(backbone.lora_parameters())
-    return grad_norm
-
-
-def _same_device(device: torch.device, **tensors: torch.Tensor) -> None:
-    """Everything an iteration indexes lives on the backbone's device: a CPU tensor indexed with a CUDA
-    index (or the reverse) fails only on a GPU, so fail here, on any machine, naming the tensor."""
-    wrong = {name: str(t.device) for name, t in tensors.items() if t.device != device}
-    if wrong:
-        raise ValueError(f"tensors of the iteration must be on the backbone's device {device}; found {wrong}")
+    def optimizer_step(self, minibatch: torch.Tensor) -> float:
+        """Average the gradients over processes, clip, step (and update the EMA); returns the gradient norm."""
+        parameters = self.backbone.lora_parameters()
+        average_gradients(parameters, self.collective)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, self.settings.max_grad_norm))
+        check_finite("gradient norm (no optimizer step taken)", grad_norm, self.rollout.prompts, minibatch.tolist())
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(parameters)
+        return grad_norm
 
 
 def average_gradients(parameters: list[torch.nn.Parameter], collective: Collective) -> None:
@@ -345,62 +420,12 @@ def average_gradients(parameters: list[torch.nn.Parameter], collective: Collecti
     collective.mean_([p.grad for p in parameters])
 
 
-def grpo_iteration(
-    backbone: Backbone,
-    optimizer: torch.optim.Optimizer,
-    prompts: list[str],
-    reward: Reward,
-    embedder: Embedder,
-    method: MethodSettings,
-    settings: TrainSettings,
-    generator: torch.Generator,
-    rollout_statistics: Callable[[torch.Tensor, list[str]], dict] | None = None,
-    collective: Collective = SINGLE_PROCESS,
-    ema: EMA | None = None,
-) -> IterationLog:
-    """sample -> score -> advantages -> train; returns the iteration's log.
-
-    `rollout_statistics(images, prompts)` adds world-specific numbers to the log (the toy world's
-    ground-truth modes), computed on the rollout before the update. With several processes each samples
-    group_size / world_size images of every prompt with its own `generator`; the log describes the
-    whole batch, the same on every process."""
-    local_group = per_process_group_size(settings.group_size, collective.world_size)
-    clock = _Clock()
-    rollout = sample_rollout(
-        backbone, prompts, local_group, settings.train_steps, settings.guidance_scale,
-        settings.noise_level, generator, settings.sde_type, settings.micro_batch,
-    )
-    clock.lap("sample")
-    scores = score(rollout, reward, embedder, method.creative, collective, global_std=settings.global_std)
-    advantages = group_advantages(scores.rewards, scores.layout.group_ids, settings.global_std, settings.adv_clip)
-    extra = {}
-    if rollout_statistics:  # the images travel only for these statistics (the toy world's small ones)
-        extra = rollout_statistics(scores.layout.whole(rollout.images, collective), scores.prompts)
-    clock.lap("score")
-    own = advantages[scores.layout.own].to(rollout.latents.device)  # (b,) this process's samples, moved once
-    stats = train_on_rollout(backbone, optimizer, rollout, own, method, settings, generator, collective, ema)
-    clock.lap("train")
-    return IterationLog(
-        reward_mean=float(scores.quality.mean()),
-        reward_std=float(scores.quality.std()),
-        diversity=scores.diversity,
-        clusters=scores.clusters,
-        bonus_mean=float(scores.bonus.mean()) if scores.bonus is not None else float("nan"),
-        stats=stats,
-        seconds=clock.laps,
-        extra=extra,
-    )
-
-
-def per_process_group_size(group_size: int, world_size: int) -> int:
-    """Images of each prompt one process samples; an error, before any work, when they cannot be equal."""
-    if group_size % world_size:
-        raise ValueError(
-            f"group_size {group_size} is not divisible by the {world_size} training processes: each process "
-            f"samples group_size / processes images of every prompt (choose train.processes among the divisors "
-            f"of {group_size})"
-        )
-    return group_size // world_size
+def _same_device(device: torch.device, **tensors: torch.Tensor) -> None:
+    """Everything an iteration indexes lives on the backbone's device: a CPU tensor indexed with a CUDA
+    index (or the reverse) fails only on a GPU, so fail here, on any machine, naming the tensor."""
+    wrong = {name: str(t.device) for name, t in tensors.items() if t.device != device}
+    if wrong:
+        raise ValueError(f"tensors of the iteration must be on the backbone's device {device}; found {wrong}")
 
 
 class _Clock:
