@@ -180,6 +180,7 @@ def test_wandb_when_asked_one_run_across_resumes(toy_backbone, tmp_path, monkeyp
     assert len(fake.inits) == 2 and fake.finished == 1
     assert fake.inits[0]["id"] == fake.inits[1]["id"] and fake.inits[1]["resume"] == "allow"
     assert fake.inits[0]["name"] == "toy/colour/diverse_grpo" and fake.inits[0]["config"]["iterations"] == 3
+    assert "train_prompts" not in fake.inits[0]["config"]
     train = [step for step, data in fake.logged if "train/reward_mean" in data]
     assert train == [0, 1, 2]
     log = pd.read_parquet(out / "log.parquet")

@@ -202,7 +202,9 @@ class WandB(Tracker):
                 id_file.write_text(run_id + "\n")
             self._run = wandb.init(
                 project=os.environ.get("WANDB_PROJECT", "diversegrpo"), id=run_id, resume="allow",
-                name="/".join(self.out.parts[-3:]), dir=str(self.out), config=self.config,
+                name="/".join(self.out.parts[-3:]), dir=str(self.out),
+                # the settings, not the prompt lists (a paper run trains on thousands of prompts)
+                config={k: v for k, v in (self.config or {}).items() if k not in ("train_prompts", "eval_prompts")},
             )
         return self._run
 
