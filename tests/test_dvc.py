@@ -1,5 +1,6 @@
-"""The DVC layer (dvc.yaml): params cover the config, and on the tiny config (substituted for
-config/config.yaml in a git-initialised copy of the repository) `dvc repro` leaves a clean status,
+"""The DVC layer (dvc.yaml): params cover the config (by section, so that a new key needs no edit, and each
+phase depends on what it reads), and on the tiny config (substituted for config/config.yaml in a
+git-initialised copy of the repository) `dvc repro` leaves a clean status,
 `dvc metrics show` reports the numbers of results/report/table.md, `dvc push` + a fresh clone's
 `dvc pull` + `snakemake --touch` is up to date, and a new diverse_grpo beta reruns only the phases (and,
 inside them, only the jobs) it affects.
@@ -8,6 +9,7 @@ inside them, only the jobs) it affects.
 from __future__ import annotations
 
 import collections
+import copy
 import json
 import os
 import re
@@ -18,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from diversegrpo import config as C
 from workflow_helpers import copy_repo, jobs_in_log
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,7 +47,7 @@ def merge(base: dict, over: dict) -> dict:
 
 
 def dvc_params(dvc_yaml: dict) -> dict[str, set[str]]:
-    """stage -> the config/config.yaml keys it declares."""
+    """stage -> the config/config.yaml keys it declares (a section, or a single key)."""
     out = {}
     for name, stage in dvc_yaml["stages"].items():
         keys = set()
@@ -57,27 +60,98 @@ def dvc_params(dvc_yaml: dict) -> dict[str, set[str]]:
     return out
 
 
+def covers(keys: set[str], leaf: str) -> bool:
+    """Whether a stage declaring `keys` depends on `leaf`: DVC tracks a declared key's whole subtree."""
+    return any(leaf == k or leaf.startswith(k + ".") for k in keys)
+
+
+def uncovered(config: dict, dvc_yaml: dict) -> set[str]:
+    declared = set().union(*dvc_params(dvc_yaml).values())
+    return {leaf for leaf in leaves(config) if not covers(declared, leaf)}
+
+
+def has_key(config: dict, dotted: str) -> bool:
+    node = config
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def mutated(config: dict, dotted: str) -> dict:
+    """`config` with the value at `dotted` changed (a leaf: never a non-empty mapping)."""
+    out = copy.deepcopy(config)
+    *parents, last = dotted.split(".")
+    node = out
+    for part in parents:
+        node = node[part]
+    v = node[last]
+    node[last] = (not v if isinstance(v, bool) else v + 1 if isinstance(v, int) else v * 2 + 0.5
+                  if isinstance(v, float) else v + "x" if isinstance(v, str) else [*v, "x"] if isinstance(v, list)
+                  else "x")
+    return out
+
+
+CONFIG = yaml.safe_load((REPO / "config/config.yaml").read_text())
+DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())
+
+
 # ------------------------------------------------------------------------------------------------ fast
 def test_dvc_params_cover_every_config_leaf_and_nothing_else():
-    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
-    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
-    declared = set().union(*dvc_params(dvc).values())
-    config_leaves = set(leaves(config))
-    assert config_leaves - declared == set(), "config keys no DVC stage depends on (add them to dvc.yaml)"
-    assert declared - config_leaves == set(), "dvc.yaml names keys that config/config.yaml lacks"
-    assert list(dvc["stages"]) == PHASES
-    for stage in dvc["stages"].values():
+    assert uncovered(CONFIG, DVC) == set(), "config keys no DVC stage depends on (declare them, or their section)"
+    declared = set().union(*dvc_params(DVC).values())
+    assert {k for k in declared if not has_key(CONFIG, k)} == set(), "dvc.yaml names keys config/config.yaml lacks"
+    assert list(DVC["stages"]) == PHASES
+    for stage in DVC["stages"].values():
         for out in stage.get("outs", []) + stage.get("metrics", []) + stage.get("plots", []):
             (path, opts), = out.items()
             assert opts.get("persist") is True, f"{path}: outputs must be persist: true"
-    report = dvc["stages"]["report"]
+    report = DVC["stages"]["report"]
     assert [next(iter(m)) for m in report["metrics"]] == ["results/report/summary.json"]
     assert [next(iter(p)) for p in report["plots"]] == ["results/report/pareto.csv"]
 
 
+def test_a_new_config_key_needs_no_dvc_edit_but_an_undeclared_section_fails():
+    """Sections are declared whole: a new training hyper-parameter is covered as it stands; a section that no
+    stage declares (here: one dropped from dvc.yaml, or one added to the config) is caught."""
+    assert uncovered(merge(CONFIG, {"train": {"new_hyper_parameter": 0.5}}), DVC) == set()
+    assert uncovered(merge(CONFIG, {"logging": {"every": 5}}), DVC) == {"logging.every"}
+    without_train = copy.deepcopy(DVC)
+    for stage in without_train["stages"].values():
+        for entry in stage.get("params", []):
+            if isinstance(entry, dict) and "train" in entry.get("config/config.yaml", []):
+                entry["config/config.yaml"].remove("train")
+    assert uncovered(CONFIG, without_train) == {f"train.{k}" for k in CONFIG["train"]}
+
+
+def test_a_key_that_changes_a_run_is_a_param_of_the_train_phase():
+    """Each leaf changed in turn: where a run's resolved settings (config.run_spec) change, the train phase must
+    depend on the leaf, or `dvc repro` would skip the retraining."""
+    params, changing = dvc_params(DVC)["train"], set()
+    runs = C.run_matrix(CONFIG)
+    before = [C.run_spec(CONFIG, *run, None) for run in runs]
+    for leaf in leaves(CONFIG):
+        changed = mutated(CONFIG, leaf)
+        if [C.run_spec(changed, *run, None) for run in runs] != before:
+            changing.add(leaf)
+    assert {"train.group_size", "backbones.toy.noise_level", "methods.diverse_grpo.creative.beta"} <= changing
+    assert {leaf for leaf in changing if not covers(params, leaf)} == set()
+
+
+def test_pre_training_depends_on_what_pretrain_spec_reads_and_nothing_else_of_the_backbone():
+    """A new noise level must not rerun the backbone phase (config.pretrain_spec); a new model key must."""
+    params = dvc_params(DVC)["backbone"]
+    for leaf in leaves(CONFIG["backbones"], "backbones"):
+        _, backbone, *_ = leaf.split(".")
+        changed = mutated(CONFIG, leaf)
+        reads = C.pretrain_spec(changed, backbone) != C.pretrain_spec(CONFIG, backbone)
+        assert covers(params, leaf) == reads, leaf
+
+
 def test_creative_beta_is_a_param_of_train_only():
-    params = dvc_params(yaml.safe_load((REPO / "dvc.yaml").read_text()))
-    assert [s for s, keys in params.items() if "methods.diverse_grpo.creative.beta" in keys] == ["train"]
+    params = dvc_params(DVC)
+    assert [s for s, keys in params.items() if covers(keys, "methods.diverse_grpo.creative.beta")] == ["train"]
 
 
 # ------------------------------------------------------------------------------------------------ slow
