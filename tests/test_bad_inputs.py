@@ -20,7 +20,7 @@ from diversegrpo.stages.captions import CaptionError, read_prompts
 ROOT = Path(__file__).resolve().parents[1]
 BASE = C.load(ROOT / "config/config.yaml")
 SD3 = {"kind": "sd3", "model": "some/model", "train_steps": 10, "eval_steps": 40, "guidance_scale": 4.5,
-       "noise_level": 0.7, "sde_type": "sde", "lora": {"rank": 4, "alpha": 4}}
+       "noise_level": 0.7, "lora": {"rank": 4, "alpha": 4}}
 
 # (id, override on top of config/config.yaml, distinctive part of the message)
 BAD_CONFIGS = [
@@ -141,15 +141,14 @@ BAD_CONFIGS = [
     ("reward named base", {"rewards": {"base": {"kind": "toy_colour"}}}, "rewards.base: the name 'base' is reserved"),
     ("reward beside the base metrics file", {"rewards": {"base.parquet": {"kind": "toy_colour"}}}, "rewards.base.parquet: the name 'base.parquet' is reserved"),
     ("runs equal but for case", {"rewards": {"Colour": {"kind": "toy_colour"}}, "runs": {"rewards": ["colour", "Colour"]}}, "runs.rewards: 'colour' and 'Colour' differ only in case"),
-    ("two pairs, one grid file", {"backbones": {"toy_a": {"kind": "toy", "train_steps": 6, "eval_steps": 16, "guidance_scale": 1.0, "noise_level": 0.9, "sde_type": "cps", "lora": {"rank": 8, "alpha": 16}}}, "rewards": {"b": {"kind": "toy_colour"}, "a_b": {"kind": "toy_contrast"}}, "runs": {"backbones": ["toy", "toy_a"], "rewards": ["a_b", "b"]}}, "runs: backbone 'toy' x reward 'a_b' and backbone 'toy_a' x reward 'b' both make the report grid 'toy_a_b.png'"),
+    ("two pairs, one grid file", {"backbones": {"toy_a": {"kind": "toy", "train_steps": 6, "eval_steps": 16, "guidance_scale": 1.0, "noise_level": 0.9, "lora": {"rank": 8, "alpha": 16}}}, "rewards": {"b": {"kind": "toy_colour"}, "a_b": {"kind": "toy_contrast"}}, "runs": {"backbones": ["toy", "toy_a"], "rewards": ["a_b", "b"]}}, "runs: backbone 'toy' x reward 'a_b' and backbone 'toy_a' x reward 'b' both make the report grid 'toy_a_b.png'"),
     ("paper backbone without weights", {"backbones": {"sd3": {**SD3, "model": ""}}, "runs": {"backbones": ["sd3"]}}, "backbones.sd3.model: a local directory or Hugging Face id is required for kind 'sd3'"),
     ("grid wider than the samples", {"report": {"grid_images": 17}}, "report.grid_images: 17 exceeds sample.images_per_prompt 16"),
     ("grid taller than the prompts", {"report": {"grid_prompts": 5}}, "report.grid_prompts: 5 exceeds the 4 sampled evaluation prompts"),
     ("empty run list", {"runs": {"methods": []}}, "runs.methods: [] should be non-empty"),
     ("negative seed", {"seed": -1}, "seed: -1 is less than the minimum of 0"),
     ("string where a number goes", {"train": {"lr": "3e-4"}}, "train.lr: '3e-4' is not of type 'number'"),
-    # no defaults outside config/config.yaml: a named entry (a backbone, a method's creative reward) sets every key
-    ("backbone without an SDE type", {"backbones": {"toy2": {"kind": "toy", "train_steps": 6, "eval_steps": 16, "guidance_scale": 1.0, "noise_level": 0.9, "lora": {"rank": 2, "alpha": 2}}}}, "backbones.toy2: 'sde_type' is a required property"),
+    # no defaults outside config/config.yaml: a method's creative reward sets every key
     ("creative reward without knn", {"methods": {"d2": {"regularizer": "none", "creative": {"beta": 1.0, "mix": "raw", "k": 2, "k_max": 3, "sigma": "median"}}}}, "methods.d2.creative: 'knn' is a required property"),
 ]
 

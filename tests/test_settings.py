@@ -55,7 +55,7 @@ def test_the_settings_fields_are_the_config_keys():
     every backbone sets); the others field for field."""
     assert set(C.RUN_KEYS) <= set(DEFAULTS["train"])
     assert names(TrainSettings) == (set(DEFAULTS["train"]) - set(C.RUN_KEYS)) | set(C.ROLLOUT_KEYS)
-    assert set(C.ROLLOUT_KEYS) <= set(DEFS["backbone"]["required"])
+    assert set(C.ROLLOUT_KEYS) <= set(DEFS["backbone"]["required"]) | set(C.BACKBONE_DEFAULTS)
     assert names(CreativeSettings) == set(DEFS["creative"]["properties"]) == set(DEFS["creative"]["required"])
     assert names(MethodSettings) == set(DEFS["method"]["properties"]) - {"train"}
     assert {"regularizer", *C.METHOD_OFF} == names(MethodSettings)
@@ -87,6 +87,14 @@ def test_a_new_training_hyper_parameter_reaches_the_run_config_with_no_other_edi
     extended = dataclasses.make_dataclass("Extended", [("new_hp", float, dataclasses.field(default=0.0))],
                                           bases=(TrainSettings,))
     assert extended(**spec["train"]).new_hp == 0.5
+
+
+def test_backbone_keys_left_out_take_backbone_defaults():
+    sd3 = {"kind": "sd3", "model": "m", "train_steps": 10, "eval_steps": 40, "guidance_scale": 4.5, "noise_level": 0.7,
+           "lora": {"rank": 4, "alpha": 4}}
+    assert C.rollout_settings(sd3) == {"train_steps": 10, "guidance_scale": 4.5, "noise_level": 0.7, "sde_type": "sde"}
+    assert C.rollout_settings({**sd3, "sde_type": "cps"})["sde_type"] == "cps"
+    assert C.schema_errors(C.deep_merge(DEFAULTS, {"backbones": {"sd3": sd3}})) == []
 
 
 def test_method_keys_left_out_are_off():

@@ -260,7 +260,7 @@ def semantic_errors(config: dict, root: Path = Path(".")) -> list[str]:
                           f"{spec['kind']!r}")
     for b in runs["backbones"]:
         spec = config["backbones"].get(b)  # None: not defined, said above
-        if spec and spec["sde_type"] == "cps" and spec["noise_level"] > 1:
+        if spec and rollout_settings(spec)["sde_type"] == "cps" and spec["noise_level"] > 1:
             errors.append(f"backbones.{b}.noise_level: {spec['noise_level']} with sde_type 'cps' (std = sigma' "
                           f"sin(a pi / 2) shrinks again above 1); allowed: (0, 1]")
     sample, report = config["sample"], config.get("report", {})
@@ -416,14 +416,21 @@ RUN_KEYS = {"iterations": "iterations", "eval_every": "eval_every", "checkpoint_
             "processes": "processes"}
 # A backbone's keys that are GRPO settings too (its rollouts' sampler): fields of trainer.TrainSettings.
 ROLLOUT_KEYS = ("train_steps", "guidance_scale", "noise_level", "sde_type")
-# What a method leaves out is off: no regulariser weight, no constrained steps, no creative reward.
+# What a named entry leaves out (config/config.yaml cannot hold the defaults of entries it does not name): a
+# method's regulariser weight, constrained steps and creative reward are off; a backbone samples Flow-GRPO's SDE.
 METHOD_OFF = {"reg_weight": 0.0, "sa_steps": 0, "creative": None}
+BACKBONE_DEFAULTS = {"sde_type": "sde"}
 
 
 def method_settings(config: dict, method: str) -> dict:
     """The method's trainer.MethodSettings, every field set (what it leaves out: METHOD_OFF)."""
     m = config["methods"][method]
     return {"regularizer": m["regularizer"], **{k: m.get(k, off) for k, off in METHOD_OFF.items()}}
+
+
+def rollout_settings(backbone: dict) -> dict:
+    """The backbone's ROLLOUT_KEYS, every one set (what it leaves out: BACKBONE_DEFAULTS)."""
+    return {k: {**BACKBONE_DEFAULTS, **backbone}[k] for k in ROLLOUT_KEYS}
 
 
 def run_spec(config: dict, backbone: str, reward: str, method: str, backbone_dir: str | None) -> dict:
@@ -437,7 +444,7 @@ def run_spec(config: dict, backbone: str, reward: str, method: str, backbone_dir
         "reward": config["rewards"][reward],
         "features": config["features"],
         "method": method_settings(config, method),
-        "train": {**{k: v for k, v in train.items() if k not in RUN_KEYS}, **{k: b[k] for k in ROLLOUT_KEYS}},
+        "train": {**{k: v for k, v in train.items() if k not in RUN_KEYS}, **rollout_settings(b)},
         **{name: train[key] for key, name in RUN_KEYS.items()},
         "seed": config["seed"],
         "device": config["device"],
