@@ -9,6 +9,11 @@ min_version("8.20")
 configfile: "config/config.yaml"
 
 
+# `snakemake --report report.html`: Table 1, the Pareto fronts, the training curves and the image grids
+# (the outputs flagged report() in report.smk), with this description on the report's first page.
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 
 

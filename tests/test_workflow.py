@@ -89,8 +89,44 @@ def test_metrics_and_report(tiny_run):
         assert (tiny_run / "results/report" / name).stat().st_size > 0
 
 
+REPORTED = {  # file -> the caption under workflow/report/ that describes it
+    "results/report/table.md": "table.rst",
+    "results/report/table.tex": "table_tex.rst",
+    "results/report/pareto.png": "pareto.rst",
+    "results/report/curves.png": "curves.rst",
+    "results/report/grids/toy_colour.png": "grid.rst",
+    "results/report/grids/toy_contrast.png": "grid.rst",
+}
+
+
+def first_line(rst: Path) -> str:
+    return " ".join(rst.read_text().splitlines()[0].split())
+
+
 @pytest.mark.slow
-def test_second_invocation_has_nothing_to_do(tiny_run):
-    done = subprocess.run(SNAKEMAKE + ["--cores", "2", "--configfile", "config/tiny.yaml", "-n"],
-                          cwd=tiny_run, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0 and "Nothing to be done" in done.stdout + done.stderr
+def test_snakemake_report_is_one_self_contained_html_file(tiny_run):
+    import base64
+    import html
+    import re
+
+    done = subprocess.run(SNAKEMAKE + ["--cores", "2", "--report", "report.html", "--configfile", "config/tiny.yaml"],
+                          cwd=tiny_run, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    page = (tiny_run / "report.html").read_text(encoding="utf-8")
+    # self-contained: no src/href to anything but an anchor or an embedded data: URI
+    links = re.findall(r"""(?:src|href)\s*=\s*["']([^"']*)["']""", page)
+    assert links and not [u for u in links if not u.startswith(("data:", "#", "javascript:"))], links
+    results = json.loads(re.search(r'<script id="results">\s*var results = (\{.*?\});?\s*</script>', page, re.S)[1])
+    assert set(results) == set(REPORTED)
+    for name, caption in REPORTED.items():
+        entry = results[name]
+        embedded = base64.b64decode(entry["data_uri"].split("base64,", 1)[1])
+        assert embedded == (tiny_run / name).read_bytes(), f"{name} is not embedded as it is"
+        text = html.unescape(" ".join(re.sub(r"<[^>]+>", " ", entry["caption"]).split()))
+        assert first_line(REPO / "workflow/report" / caption) in text, (name, text[:300])
+    # Table 1 itself is in its caption (an included literal block), not only behind a download link
+    table = html.unescape(results["results/report/table.md"]["caption"])
+    assert (tiny_run / "results/report/table.md").read_text(encoding="utf-8").strip() in table
+    text = " ".join(page.replace("\\n", " ").split())  # the description is a JavaScript string
+    assert first_line(REPO / "workflow/report/workflow.rst") in text
+    assert "Run matrix: backbones toy x rewards colour, contrast x methods flow_grpo, sa_reg, diverse_grpo" in text

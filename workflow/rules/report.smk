@@ -1,4 +1,5 @@
-# The paper's tables, Pareto plots, training curves and image grids.
+# The paper's tables, Pareto plots, training curves and image grids. The report() flags put them, with
+# the captions under workflow/report/, into `snakemake --report report.html` (a self-contained HTML file).
 PAIRS = list(dict.fromkeys((b, r) for b, r, _ in RUNS))
 
 
@@ -12,13 +13,21 @@ rule report:
         base_samples=[f"{RESULTS}/samples/{b}/base/images.parquet" for b in config["runs"]["backbones"]],
         package=PACKAGE,
     output:
-        table_md=f"{RESULTS}/report/table.md",
-        table_tex=f"{RESULTS}/report/table.tex",
+        table_md=report(f"{RESULTS}/report/table.md", caption="../report/table.rst", category="Table 1"),
+        table_tex=report(f"{RESULTS}/report/table.tex", caption="../report/table_tex.rst", category="Table 1"),
         summary=f"{RESULTS}/report/summary.json",
-        pareto=f"{RESULTS}/report/pareto.png",
+        pareto=report(f"{RESULTS}/report/pareto.png", caption="../report/pareto.rst", category="Pareto fronts"),
         pareto_csv=f"{RESULTS}/report/pareto.csv",
-        curves=f"{RESULTS}/report/curves.png",
-        grids=[f"{RESULTS}/report/grids/{b}_{r}.png" for b, r in PAIRS],
+        curves=report(f"{RESULTS}/report/curves.png", caption="../report/curves.rst", category="Training curves"),
+        grids=[
+            report(
+                f"{RESULTS}/report/grids/{b}_{r}.png",
+                caption="../report/grid.rst",
+                category="Image grids",
+                labels={"backbone": b, "reward": r},
+            )
+            for b, r in PAIRS
+        ],
     params:
         runs=RUNS,
         run_dirs=[run_path(*run) for run in RUNS],
