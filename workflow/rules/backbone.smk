@@ -5,7 +5,9 @@ rule backbone:
         package=PACKAGE,
     output:
         weights=f"{RESULTS}/backbones/{{backbone}}/model.safetensors",
+        config=f"{RESULTS}/backbones/{{backbone}}/config.json",
         coverage=f"{RESULTS}/backbones/{{backbone}}/coverage.parquet",
+        log=f"{RESULTS}/backbones/{{backbone}}/pretrain_log.parquet",
     params:
         spec=lambda w: cfg.pretrain_spec(config, w.backbone),
         seed=config["seed"],

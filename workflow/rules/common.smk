@@ -121,8 +121,23 @@ def _check_run_configs():
         )
 
 
+def rule_outputs(rule, **wildcards):
+    """The output files of RULE's job with these wildcards (every output of the rule, flags dropped)."""
+    return [str(pattern).format(**wildcards) for pattern in getattr(rules, rule).output]
+
+
 def all_targets(wildcards=None):
-    return [f"{RESULTS}/report/table.md", f"{RESULTS}/report/summary.json"]
+    """Every artifact of the README's "Stages and artifacts" table, i.e. every output of every job of the
+    run matrix: a deleted LoRA, figure or table is planned again, with what depends on it."""
+    backbones = config["runs"]["backbones"]
+    return [
+        *rule_outputs("captions"),
+        *(f for b in backbones if b in TOY for f in rule_outputs("backbone", backbone=b)),
+        *(f for run in RUNS for name in ("run_config", "train", "sample", "evaluate")
+          for f in rule_outputs(name, **dict(zip(("backbone", "reward", "method"), run)))),
+        *(f for b in backbones for name in ("sample_base", "evaluate_base") for f in rule_outputs(name, backbone=b)),
+        *rule_outputs("report"),
+    ]
 
 
 def train_processes(method):

@@ -27,6 +27,7 @@ rule train:
         lora=f"{RESULTS}/runs/{{backbone}}/{{reward}}/{{method}}/lora/pytorch_lora_weights.safetensors",
         log=f"{RESULTS}/runs/{{backbone}}/{{reward}}/{{method}}/log.parquet",
         curve=f"{RESULTS}/runs/{{backbone}}/{{reward}}/{{method}}/curve.parquet",
+        timings=f"{RESULTS}/runs/{{backbone}}/{{reward}}/{{method}}/timings.parquet",
     params:
         out=lambda w: run_path(w.backbone, w.reward, w.method),
         launch=lambda w: TrainLauncher(train_processes(w.method)),

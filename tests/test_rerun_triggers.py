@@ -1,0 +1,96 @@
+"""What `snakemake -n` plans on a complete tree of the tiny config, without running a job: the tree is made
+of empty files (`snakemake --touch` orders their mtimes) and .snakemake/ is then deleted, so that only the
+workflow's own mechanisms count (rule all's targets), not Snakemake's records: a deleted artifact (a
+figure, a LoRA, a backbone file) is planned again, with exactly what depends on it.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from workflow_helpers import copy_repo, jobs_in_log
+
+BIN = Path(sys.executable).parent
+RUNS = [f"toy/{r}/{m}" for r in ("colour", "contrast") for m in ("flow_grpo", "sa_reg", "diverse_grpo")]
+REPORT = {("report", ""): 1, ("all", ""): 1}
+# The README's "Stages and artifacts" table, for the tiny config's matrix (toy x 2 rewards x 3 methods)
+ARTIFACTS = {
+    "results/captions/train.parquet", "results/captions/eval.parquet",
+    *(f"results/backbones/toy/{f}" for f in ("model.safetensors", "config.json", "coverage.parquet",
+                                             "pretrain_log.parquet")),
+    *(f"results/runs/{run}/{f}" for run in RUNS for f in ("config.json", "lora/pytorch_lora_weights.safetensors",
+                                                           "log.parquet", "timings.parquet", "curve.parquet")),
+    *(f"results/samples/{run}/images.parquet" for run in [*RUNS, "toy/base"]),
+    *(f"results/metrics/{run}.parquet" for run in [*RUNS, "toy/base"]),
+    *(f"results/report/{f}" for f in ("table.md", "table.tex", "summary.json", "pareto.png",
+                                      "pareto.csv", "curves.png", "grids/toy_colour.png", "grids/toy_contrast.png")),
+}
+
+
+def snakemake(work: Path, *args: str, overlays=()) -> str:
+    cmd = [str(BIN / "snakemake"), *args, "--workflow-profile", "workflow/profiles/default", "--cores", "1",
+           "--configfile", "config/tiny.yaml", *overlays]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PATH=f"{BIN}:{os.environ.get('PATH', '')}")
+    proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc.stdout + proc.stderr
+
+
+def planned(work: Path, *overlays: str) -> collections.Counter:
+    return jobs_in_log(snakemake(work, "-n", overlays=overlays))
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    """A complete, up-to-date tree of the tiny config made of empty files, without .snakemake/."""
+    work = copy_repo(tmp_path_factory.mktemp("triggers") / "repo")
+    summary = snakemake(work, "--summary").splitlines()
+    files = [line.split("\t")[0] for line in summary if line.startswith("results/")]
+    assert set(files) == ARTIFACTS, f"the DAG's outputs differ from the README's: {set(files) ^ ARTIFACTS}"
+    past = time.time_ns() - 3600 * 10**9
+    for name in files:  # one mtime: no file is newer than another (a newer run config.json stops the run)
+        (work / name).parent.mkdir(parents=True, exist_ok=True)
+        (work / name).touch()
+        os.utime(work / name, ns=(past, past))
+    snakemake(work, "--touch")
+    shutil.rmtree(work / ".snakemake")
+    assert planned(work) == collections.Counter(), "a touched tree must be up to date"
+    return work
+
+
+def test_rule_all_requests_every_artifact(tree):
+    """Not only the report: a deleted artifact nothing downstream needs (a figure) is made again too."""
+    log = snakemake(tree, "-n", "--forcerun", "all").split("rule all:", 1)[1]
+    inputs = next(line for line in log.splitlines() if line.strip().startswith("input:"))
+    requested = {f.strip() for f in inputs.split("input:", 1)[1].split(",")}
+    assert ARTIFACTS <= requested, f"rule all does not request {sorted(ARTIFACTS - requested)}"
+
+
+@pytest.mark.parametrize("name, jobs", [
+    ("results/report/grids/toy_contrast.png", REPORT),
+    ("results/report/curves.png", REPORT),
+    ("results/report/table.tex", REPORT),
+    ("results/runs/toy/colour/diverse_grpo/lora/pytorch_lora_weights.safetensors",
+     {**{(rule, "toy/colour/diverse_grpo"): 1 for rule in ("train", "sample", "evaluate")}, **REPORT}),
+    ("results/backbones/toy/config.json",
+     {("backbone", "toy"): 1, ("sample_base", "toy"): 1, ("evaluate_base", "toy"): 1,
+      **{(rule, run): 1 for run in RUNS for rule in ("train", "sample", "evaluate")}, **REPORT}),
+])
+def test_a_deleted_artifact_is_planned_with_what_depends_on_it(tree, name, jobs):
+    path = tree / name
+    stat = path.stat()
+    path.unlink()
+    try:
+        assert planned(tree) == collections.Counter(jobs)
+    finally:
+        path.touch()
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert planned(tree) == collections.Counter()
