@@ -1,6 +1,7 @@
 # Wiring only: each stage lives in workflow/rules/<stage>.smk; common.smk validates the config and
-# builds the run matrix. The embedded default runs with `snakemake --cores all`, which picks up the
-# local profile from profiles/default (a link to workflow/profiles) next to this file.
+# builds the run matrix; params.smk keeps each job's settings in a file (a changed one reruns the job).
+# The embedded default runs with `snakemake --cores all`, which picks up the local profile from
+# profiles/default (a link to workflow/profiles) next to this file.
 from snakemake.utils import min_version
 
 min_version("8.20")
@@ -14,6 +15,7 @@ configfile: "config/config.yaml"
 report: "workflow/report/workflow.rst"
 
 
+include: "workflow/rules/params.smk"
 include: "workflow/rules/common.smk"
 
 

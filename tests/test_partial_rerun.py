@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 MATRIX = {"runs": {"backbones": ["toy"], "rewards": ["colour"], "methods": ["flow_grpo", "diverse_grpo"]}}
+REPORT = {("report", ""): 1, ("all", ""): 1}
 
 
 def snakemake(work: Path, *args: str, overlays=()) -> str:
@@ -63,7 +65,7 @@ def test_changing_diverse_grpo_beta_reruns_only_its_runs_and_the_report(full_run
     planned = jobs_in_log(snakemake(work, "-n", overlays=["beta.yaml"]))
     per_run = {"train", "sample", "evaluate"} | ({"run_config"} if any(r == "run_config" for r, _ in first) else set())
     expected = collections.Counter({(rule, run): 1 for run in runs_of("diverse_grpo") for rule in per_run})
-    expected.update({("report", ""): 1, ("all", ""): 1})
+    expected.update(REPORT)
     assert planned == expected, f"dry run planned {dict(planned)}, expected {dict(expected)}"
 
     # ... and running it redoes exactly that: every other artifact keeps its bytes and mtime
@@ -88,7 +90,7 @@ def test_report_setting_reruns_only_the_report(full_run):
     # whatever the previous test left as the current beta, add it so that only the report differs
     extra = ["beta.yaml"] if (work / "beta.yaml").exists() else []
     planned = jobs_in_log(snakemake(work, "-n", overlays=[*extra, "report.yaml"]))
-    assert planned == collections.Counter({("report", ""): 1, ("all", ""): 1}), dict(planned)
+    assert planned == collections.Counter(REPORT), dict(planned)
 
 
 def test_a_method_outside_the_run_matrix_reruns_nothing(full_run):
@@ -109,3 +111,21 @@ def test_a_rollout_setting_retrains_without_pre_training_the_backbone_again(full
     assert not any(rule == "backbone" for rule, _ in planned), dict(planned)
     for method in MATRIX["runs"]["methods"]:
         assert all(planned[("train", run)] == 1 for run in runs_of(method)), dict(planned)
+
+
+def test_without_snakemake_metadata_the_params_files_decide(full_run):
+    """.snakemake/ lost (where Snakemake records params): the settings the tree was made with plan nothing,
+    and the other beta (2.5 after the first test, the default otherwise) reruns exactly diverse_grpo's jobs."""
+    work, _ = full_run
+    made_with = ["beta.yaml"] if (work / "beta.yaml").exists() else []
+    (work / "other.yaml").write_text(yaml.safe_dump({"methods": {"diverse_grpo": {"creative": {"beta": 2.5}}}}))
+    other = [] if made_with else ["other.yaml"]
+    shutil.rmtree(work / ".snakemake")
+    assert jobs_in_log(snakemake(work, "-n", overlays=made_with)) == collections.Counter()
+    planned = jobs_in_log(snakemake(work, "-n", overlays=other))
+    expected = collections.Counter({(rule, run): 1 for run in runs_of("diverse_grpo")
+                                    for rule in ("run_config", "train", "sample", "evaluate")})
+    expected.update(REPORT)
+    assert planned == expected, dict(planned)
+    # that dry run changed nothing: the tree is still up to date for the settings it was made with
+    assert jobs_in_log(snakemake(work, "-n", overlays=made_with)) == collections.Counter()

@@ -1,7 +1,10 @@
 """What `snakemake -n` plans on a complete tree of the tiny config, without running a job: the tree is made
 of empty files (`snakemake --touch` orders their mtimes) and .snakemake/ is then deleted, so that only the
-workflow's own mechanisms count (rule all's targets), not Snakemake's records: a deleted artifact (a
-figure, a LoRA, a backbone file) is planned again, with exactly what depends on it.
+workflow's own mechanisms count (rule all's targets, the params files of workflow/rules/params.smk), not
+Snakemake's records.
+
+- A deleted artifact (a figure, a LoRA, a backbone file) is planned again, with exactly what depends on it.
+- A changed setting reruns exactly the jobs it belongs to, and the same settings again rerun nothing.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from workflow_helpers import copy_repo, jobs_in_log
 
@@ -93,4 +97,49 @@ def test_a_deleted_artifact_is_planned_with_what_depends_on_it(tree, name, jobs)
     finally:
         path.touch()
         os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert planned(tree) == collections.Counter()
+
+
+def overlay(tree: Path, settings: dict) -> str:
+    (tree / "overlay.yaml").write_text(yaml.safe_dump(settings))
+    return "overlay.yaml"
+
+
+def test_a_changed_hyper_parameter_reruns_its_jobs_without_snakemake_metadata(tree):
+    beta = overlay(tree, {"methods": {"diverse_grpo": {"creative": {"beta": 2.5}}}})
+    expected = collections.Counter(REPORT)
+    expected.update({(rule, f"toy/{r}/diverse_grpo"): 1 for r in ("colour", "contrast")
+                     for rule in ("run_config", "train", "sample", "evaluate")})
+    assert planned(tree, beta) == expected
+    assert not (tree / ".snakemake/metadata").exists() or not any((tree / ".snakemake/metadata").iterdir())
+    # the config the tree was made with again (after that dry run): nothing to do
+    assert planned(tree) == collections.Counter()
+
+
+SETTINGS = {
+    "report": ({"report": {"grid_images": 2}}, REPORT),
+    "sample": ({"sample": {"images_per_prompt": 8}},
+               {("sample_base", "toy"): 1, ("evaluate_base", "toy"): 1,
+                **{(rule, run): 1 for run in RUNS for rule in ("sample", "evaluate")}, **REPORT}),
+    # features are in every run's config.json too; evaluate_base reruns by its own params file alone
+    "evaluate": ({"features": {"kind": "toy", "fid": {"kind": "toy"}}},
+                 {("evaluate_base", "toy"): 1,
+                  **{(rule, run): 1 for run in RUNS for rule in ("run_config", "train", "sample", "evaluate")},
+                  **REPORT}),
+    "backbone": ({"backbones": {"toy": {"model": {"pretrain_lr": 3e-3}}}},
+                 {("backbone", "toy"): 1, ("sample_base", "toy"): 1, ("evaluate_base", "toy"): 1,
+                  **{(rule, run): 1 for run in RUNS for rule in ("run_config", "train", "sample", "evaluate")},
+                  **REPORT}),
+    "captions": ({"captions": {"eval_fraction": 0.5}},
+                 {("captions", ""): 1, ("backbone", "toy"): 0, ("sample_base", "toy"): 1, ("evaluate_base", "toy"): 1,
+                  **{(rule, run): 1 for run in RUNS for rule in ("run_config", "train", "sample", "evaluate")},
+                  **REPORT}),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", list(SETTINGS))
+def test_each_stage_reruns_on_its_own_settings(tree, stage):
+    settings, jobs = SETTINGS[stage]
+    assert planned(tree, overlay(tree, settings)) == +collections.Counter(jobs)
     assert planned(tree) == collections.Counter()

@@ -3,13 +3,14 @@
 rule backbone:
     input:
         package=PACKAGE,
+        settings=tracked_params("backbone", pretrain_params),
     output:
         weights=f"{RESULTS}/backbones/{{backbone}}/model.safetensors",
         config=f"{RESULTS}/backbones/{{backbone}}/config.json",
         coverage=f"{RESULTS}/backbones/{{backbone}}/coverage.parquet",
         log=f"{RESULTS}/backbones/{{backbone}}/pretrain_log.parquet",
     params:
-        spec=lambda w: cfg.pretrain_spec(config, w.backbone),
+        spec=lambda w: pretrain_params(w)["spec"],
         seed=config["seed"],
         out=lambda w: f"{RESULTS}/backbones/{w.backbone}",
     threads: workflow.cores

@@ -4,6 +4,7 @@ rule captions:
         lambda w: [
             f for f in (config["captions"]["source"], config["captions"].get("eval_source")) if f and f != "toy"
         ],
+        settings=tracked_params("captions", captions_params),
     output:
         train=f"{RESULTS}/captions/train.parquet",
         eval=f"{RESULTS}/captions/eval.parquet",

@@ -1,4 +1,5 @@
 # Validation and routing: fail in a second on a bad config, before any stage runs; build the run matrix.
+import os
 import sys
 
 from snakemake.settings.types import DeploymentMethod
@@ -140,6 +141,20 @@ def all_targets(wildcards=None):
     ]
 
 
+def tracked_params(rule, settings):
+    """Input function: the file under results/params/ that holds the settings of RULE's job (SETTINGS of its
+    wildcards), rewritten only when they change (params.smk), so that a changed setting reruns the job by
+    its mtime even when .snakemake/ (where Snakemake records params) is gone. Listed as an input only
+    while it marks a change; a file the outputs are trusted to match is left out (params.smk)."""
+
+    def params_input(wildcards):
+        path = os.path.join(f"{RESULTS}/params", rule, *wildcards) + ".json"
+        outputs = rule_outputs(rule, **dict(wildcards.items()))
+        return [path] if sync_params_file(path, settings(wildcards), outputs) else []
+
+    return params_input
+
+
 def train_processes(method):
     """train.processes of a run (a method may override it): the processes that train it together."""
     return cfg.method_train(config, method).get("processes", 1)
@@ -166,6 +181,20 @@ class TrainLauncher:
             f"{PYTHON} -m accelerate.commands.launch --multi_gpu --num_processes {self.processes} "
             "--num_machines 1 --mixed_precision no --dynamo_backend no --main_process_port 0"
         )
+
+
+# What the captions stage and the toy backbone's pre-training depend on (their params files' content).
+def captions_params(wildcards=None):
+    return {"captions": config["captions"], "seed": config["seed"]}
+
+
+def pretrain_params(wildcards):
+    return {"spec": cfg.pretrain_spec(config, wildcards.backbone), "seed": config["seed"]}
+
+
+# What the report depends on beyond its input files.
+def report_params(wildcards=None):
+    return {"runs": RUNS, "backbones": config["runs"]["backbones"], "report": config["report"]}
 
 
 # Evaluation images: the same prompts and seeds for every run and for the untrained base.

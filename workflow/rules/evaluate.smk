@@ -4,6 +4,7 @@ rule evaluate_base:
         samples=rules.sample_base.output[0],
         base=rules.sample_base.output[0],
         package=PACKAGE,
+        settings=tracked_params("evaluate_base", lambda w: evaluate_params(w.backbone, "", "base")),
     output:
         f"{RESULTS}/metrics/{{backbone}}/base.parquet",
     params:
@@ -23,6 +24,7 @@ rule evaluate:
         samples=rules.sample.output[0],
         base=rules.sample_base.output[0],
         package=PACKAGE,
+        settings=tracked_params("evaluate", lambda w: evaluate_params(w.backbone, w.reward, w.method)),
     output:
         f"{RESULTS}/metrics/{{backbone}}/{{reward}}/{{method}}.parquet",
     params:

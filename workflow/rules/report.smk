@@ -12,6 +12,7 @@ rule report:
         samples=[f"{RESULTS}/samples/{b}/{r}/{m}/images.parquet" for b, r, m in RUNS],
         base_samples=[f"{RESULTS}/samples/{b}/base/images.parquet" for b in config["runs"]["backbones"]],
         package=PACKAGE,
+        settings=tracked_params("report", report_params),
     output:
         table_md=report(f"{RESULTS}/report/table.md", caption="../report/table.rst", category="Table 1"),
         table_tex=report(f"{RESULTS}/report/table.tex", caption="../report/table_tex.rst", category="Table 1"),

@@ -4,6 +4,7 @@ rule sample_base:
         eval=rules.captions.output.eval,
         backbone=backbone_inputs,
         package=PACKAGE,
+        settings=tracked_params("sample_base", sample_params),
     output:
         f"{RESULTS}/samples/{{backbone}}/base/images.parquet",
     params:
@@ -25,6 +26,7 @@ rule sample:
         backbone=backbone_inputs,
         lora=rules.train.output.lora,
         package=PACKAGE,
+        settings=tracked_params("sample", sample_params),
     output:
         f"{RESULTS}/samples/{{backbone}}/{{reward}}/{{method}}/images.parquet",
     params:

@@ -4,6 +4,7 @@ rule run_config:
     input:
         train=rules.captions.output.train,
         eval=rules.captions.output.eval,
+        settings=tracked_params("run_config", run_spec),
     output:
         f"{RESULTS}/runs/{{backbone}}/{{reward}}/{{method}}/config.json",
     params:
