@@ -3,7 +3,7 @@
 Each scores a quality the caption asks for, times the caption's shape (prompt alignment), saturating
 once the image is good enough, i.e. at what most of the base model's correct renders reach (as preference
 models barely separate two good images: PickScore varies by ~0.01 inside a group), plus a mild palette
-taste (5% of the score) for one background tint, as real preference models have (PickScore and HPS
+taste (2% of the score) for one background tint, as real preference models have (PickScore and HPS
 favour certain palettes and lighting). Among good images only the taste differs, and group-normalised
 advantages turn it into a full-size signal: the replicator dynamics of the paper push all mass onto
 the preferred tint.
@@ -18,7 +18,7 @@ import torch
 
 from .. import world
 
-TASTE = 0.05  # default weight of the palette preference (config: rewards.<name>.taste)
+TASTE = 0.02  # default weight of the palette preference (config: rewards.<name>.taste)
 _TASTE_RANGE = 0.5  # colour distance from the preferred tint at which the taste reaches 0
 
 
