@@ -22,8 +22,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-import yaml
 
+from diversegrpo import config as cfg
 from diversegrpo import trainer
 from diversegrpo.backbones.base import Conditioning
 from diversegrpo.backbones.flux import FluxBackbone
@@ -105,10 +105,14 @@ def small_vae(latent_channels: int = 16):
     )
 
 
-def paper_spec(model: str) -> tuple[dict, dict, dict]:
-    """(backbone, train, diverse_grpo method) sections of config/paper.yaml."""
-    paper = yaml.safe_load(PAPER.read_text())
-    return paper["backbones"][model], paper["train"], paper["methods"]["diverse_grpo"]
+def paper_config() -> dict:
+    """config/paper.yaml laid over config/config.yaml, as the workflow reads it."""
+    return cfg.deep_merge(cfg.defaults(), cfg.load(PAPER))
+
+
+def paper_spec(model: str) -> dict:
+    """The backbone section of config/paper.yaml (with the defaults under it)."""
+    return paper_config()["backbones"][model]
 
 
 def random_backbone(model: str, tiny: bool, device: torch.device, dtype: torch.dtype, resolution: int,
@@ -117,7 +121,7 @@ def random_backbone(model: str, tiny: bool, device: torch.device, dtype: torch.d
     `config` (with the tiny text conditioning)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel, SD3Transformer2DModel
 
-    spec, _, _ = paper_spec(model)
+    spec = paper_spec(model)
     cls = SD3Transformer2DModel if model == "sd3" else FluxTransformer2DModel
     transformer = cls(**(config or (TINY if tiny else CONFIGS)[model])).to(device, dtype)
     vae = small_vae().to(device, dtype)
@@ -144,23 +148,21 @@ def forward_flops(bb) -> float:
 
 
 def settings_for(model: str, tiny: bool, args) -> tuple[trainer.MethodSettings, trainer.TrainSettings]:
-    spec, train, method = paper_spec(model)
-    creative = dict(method["creative"])
+    """The paper's DiverseGRPO settings for `model` (config.run_spec: nothing restated here), with the
+    benchmark's own sizes on top."""
+    paper = paper_config()
+    spec = cfg.run_spec(paper, model, paper["runs"]["rewards"][0], "diverse_grpo", None)
+    train, method = dict(spec["train"]), dict(spec["method"])
     group = args.group or (4 if tiny else train["group_size"])
-    creative["k"] = min(creative["k"], group)
-    creative["k_max"] = min(creative.get("k_max", 6), group)
-    methods = trainer.MethodSettings(regularizer=method["regularizer"], reg_weight=method["reg_weight"],
-                                     sa_steps=method["sa_steps"], creative=trainer.CreativeSettings(**creative))
-    steps = args.steps or (3 if tiny else spec["train_steps"])
-    ema = train.get("ema")
-    settings = trainer.TrainSettings(
-        prompts_per_iteration=args.prompts, group_size=group, lr=train["lr"], clip_range=train["clip_range"],
-        adv_clip=train["adv_clip"], global_std=train["global_std"], timestep_fraction=train["timestep_fraction"],
-        minibatches=1 if tiny else train["minibatches"], micro_batch=args.micro_batch or train.get("micro_batch"),
-        max_grad_norm=train["max_grad_norm"], train_steps=steps, guidance_scale=spec["guidance_scale"],
-        noise_level=spec["noise_level"], sde_type=spec.get("sde_type", "sde"),
-        ema=EmaSettings(**ema) if ema else None,
-    )
+    creative = dict(method["creative"], k=min(method["creative"]["k"], group),
+                    k_max=min(method["creative"]["k_max"], group))
+    train.update(prompts_per_iteration=args.prompts, group_size=group,
+                 minibatches=1 if tiny else train["minibatches"],
+                 micro_batch=args.micro_batch or train["micro_batch"],
+                 train_steps=args.steps or (3 if tiny else train["train_steps"]),
+                 ema=EmaSettings(**train["ema"]) if train["ema"] else None)
+    settings = trainer.TrainSettings(**train)
+    methods = trainer.MethodSettings(**{**method, "creative": trainer.CreativeSettings(**creative)})
     methods.sa_steps = min(methods.sa_steps, settings.trained_steps)
     return methods, settings
 
@@ -180,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    spec, _, _ = paper_spec(args.model)
+    spec = paper_spec(args.model)
     resolution = args.resolution or (64 if args.tiny else spec["resolution"])
     checkpointing = spec.get("gradient_checkpointing", False) and not args.no_checkpointing and not args.tiny
     torch.manual_seed(0)
