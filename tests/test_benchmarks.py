@@ -5,6 +5,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -62,3 +63,17 @@ def test_sampler_benchmark_runs_tiny_and_matches_the_pipeline(capsys):
         assert r["max_abs_pixel_diff"] < 1e-5
         assert r["ours_images_per_s"] > 0 and r["pipe_images_per_s"] > 0 and r["rollout_images_per_s"] > 0
     assert "rollout" in capsys.readouterr().out
+
+
+def test_bonus_validity_counts_pairs_and_centres_the_bonus_per_group():
+    bench = load("bonus_validity")
+    group_ids = torch.tensor([0, 0, 0, 1, 1])
+    valid = torch.tensor([True, False, True, False, True])
+    quality = torch.tensor([0.9, 0.5, 0.4, 0.8, 0.7])  # group 0: the invalid image beats one valid image
+    rewards = torch.tensor([0.9, 0.5, 0.6, 0.6, 0.7])  # the mix puts it back below, and fixes group 1's pair
+    assert bench.pair_flips(quality, rewards, valid, group_ids) == {
+        "pairs": 3, "invalid_first_by_quality": 2, "invalid_first_by_reward": 0}
+    bonus = torch.tensor([1.0, 2.0, 3.0, 4.0, 2.0])  # group means 2 and 3
+    out = bench.centred_bonus_by_validity(bonus, valid, group_ids)
+    assert out == {"valid_centred_bonus": pytest.approx((-1 + 1 - 1) / 3), "invalid_centred_bonus": pytest.approx(0.5),
+                   "valid_images": 3, "invalid_images": 2}

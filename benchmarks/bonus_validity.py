@@ -1,0 +1,89 @@
+"""Does the creative bonus pay broken images? Measured on a toy backbone's own GRPO rollouts.
+
+DiverseGRPO's bonus sqrt(N / cluster size) pays images in rare clusters. If broken images (the toy
+labeller's invalid ones: wrong shape or colour, or a muddled background) formed rare clusters, the bonus
+would reward them and a quality gate would be needed. This samples the rollouts a training iteration
+samples (config.yaml's rollout settings, the training captions), scores them as the trainer does
+(trainer.score: quality, bonus, the mixed reward) and prints, for valid and invalid images, the mean bonus
+minus its group's mean, and how many (invalid, valid) pairs of one group the mixed reward ranks the other
+way round from the quality alone.
+
+    python benchmarks/bonus_validity.py [--backbone results/backbones/toy] [--reward colour] [--batches 6]
+                                        [--mix raw|standardised] [--beta B]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pandas as pd
+import torch
+
+from diversegrpo import config as cfg
+from diversegrpo import trainer, world
+from diversegrpo.registry import build_features, build_reward
+from diversegrpo.sampling import sample_rollout
+from diversegrpo.train import build_backbone
+
+
+def pair_flips(quality: torch.Tensor, rewards: torch.Tensor, valid: torch.Tensor, group_ids: torch.Tensor) -> dict:
+    """(invalid, valid) pairs of one group: how many the quality ranks invalid first, and how many more or
+    fewer the mixed rewards do. (B,) tensors."""
+    same = group_ids[:, None] == group_ids[None, :]  # (B, B)
+    pairs = same & ~valid[:, None] & valid[None, :]  # row invalid, column valid
+    by_quality = pairs & (quality[:, None] > quality[None, :])
+    by_reward = pairs & (rewards[:, None] > rewards[None, :])
+    return {"pairs": int(pairs.sum()), "invalid_first_by_quality": int(by_quality.sum()),
+            "invalid_first_by_reward": int(by_reward.sum())}
+
+
+def centred_bonus_by_validity(bonus: torch.Tensor, valid: torch.Tensor, group_ids: torch.Tensor) -> dict:
+    """Mean of (bonus - its group's mean bonus) over valid and over invalid images."""
+    frame = pd.DataFrame({"g": group_ids.numpy(), "E": bonus.numpy(), "valid": valid.numpy()})
+    frame["centred"] = frame.E - frame.groupby("g").E.transform("mean")
+    means = frame.groupby("valid").centred.mean()
+    counts = frame.groupby("valid").size()
+    return {"valid_centred_bonus": float(means.get(True, float("nan"))),
+            "invalid_centred_bonus": float(means.get(False, float("nan"))),
+            "valid_images": int(counts.get(True, 0)), "invalid_images": int(counts.get(False, 0))}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--backbone", default="results/backbones/toy", help="a pre-trained toy backbone directory")
+    ap.add_argument("--reward", default="colour")
+    ap.add_argument("--method", default="diverse_grpo")
+    ap.add_argument("--captions", default="results/captions/train.parquet")
+    ap.add_argument("--batches", type=int, default=6, help="rollout batches of every training caption")
+    ap.add_argument("--mix", choices=["raw", "standardised"], help="the creative mix (default: the method's)")
+    ap.add_argument("--beta", type=float, help="the creative weight (default: the method's)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    config = cfg.defaults()
+    spec = cfg.run_spec(config, "toy", args.reward, args.method, args.backbone)
+    overrides = {k: v for k, v in (("mix", args.mix), ("beta", args.beta)) if v is not None}
+    train, creative = spec["train"], trainer.CreativeSettings(**{**spec["method"]["creative"], **overrides})
+    backbone = build_backbone(spec["backbone"], "cpu")
+    reward, embedder = build_reward(spec["reward"]), build_features(spec["features"])
+    prompts = pd.read_parquet(args.captions).prompt.tolist()
+    quality, rewards, bonus, valid, groups = [], [], [], [], []
+    for batch in range(args.batches):
+        rollout = sample_rollout(backbone, prompts, train["group_size"], train["train_steps"], train["guidance_scale"],
+                                 train["noise_level"], torch.Generator().manual_seed(batch), train["sde_type"])
+        scores = trainer.score(rollout, reward, embedder, creative, global_std=train["global_std"])
+        quality.append(scores.quality)
+        rewards.append(scores.rewards)
+        bonus.append(scores.bonus)
+        valid.append(torch.from_numpy(world.label(rollout.images, rollout.prompts).valid))
+        groups.append(rollout.group_ids + batch * len(prompts))
+    quality, rewards, bonus = torch.cat(quality), torch.cat(rewards), torch.cat(bonus)
+    valid, groups = torch.cat(valid), torch.cat(groups)
+    result = {"backbone": args.backbone, "reward": args.reward, "mix": creative.mix, "beta": creative.beta,
+              **centred_bonus_by_validity(bonus, valid, groups), **pair_flips(quality, rewards, valid, groups)}
+    print(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()
