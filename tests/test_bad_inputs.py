@@ -147,6 +147,14 @@ BAD_CONFIGS = [
     ("grid taller than the prompts", {"report": {"grid_prompts": 5}}, "report.grid_prompts: 5 exceeds the 4 sampled evaluation prompts"),
     ("empty run list", {"runs": {"methods": []}}, "runs.methods: [] should be non-empty"),
     ("negative seed", {"seed": -1}, "seed: -1 is less than the minimum of 0"),
+    # runs.seeds: training replicates, each a path component (seed<n>) and a seed of derived streams
+    ("a seed listed twice", {"runs": {"seeds": [0, 1, 0]}}, "runs.seeds: [0, 1, 0] has non-unique elements: 0 listed more than once"),
+    ("negative replicate seed", {"runs": {"seeds": [0, -1]}}, "runs.seeds.1: -1 is less than the minimum of 0"),
+    ("replicate seed beyond 64 bits", {"runs": {"seeds": [2**64]}}, "runs.seeds[0]: 18446744073709551616 does not fit in 64 bits"),
+    ("replicate seed beyond the derived streams' range", {"runs": {"seeds": [1, 2**40]}}, "runs.seeds.1: 1099511627776 is greater than the maximum of 4294967295"),
+    ("no replicate seed", {"runs": {"seeds": []}}, "runs.seeds: [] should be non-empty"),
+    ("a float replicate seed", {"runs": {"seeds": [1.0]}}, "runs.seeds.0: 1.0 is not of type 'integer'"),
+    ("one seed, not a list", {"runs": {"seeds": 3}}, "runs.seeds: 3 is not of type 'array'"),
     ("string where a number goes", {"train": {"lr": "3e-4"}}, "train.lr: '3e-4' is not of type 'number'"),
     # no defaults outside config/config.yaml: a method's creative reward sets every key
     ("creative reward without knn", {"methods": {"d2": {"regularizer": "none", "creative": {"beta": 1.0, "mix": "raw", "k": 2, "k_max": 3, "sigma": "median"}}}}, "methods.d2.creative: 'knn' is a required property"),

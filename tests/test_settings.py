@@ -26,21 +26,21 @@ def names(cls) -> set[str]:
     return {f.name for f in dataclasses.fields(cls)}
 
 
-def shipped_runs() -> list[tuple[str, dict, tuple[str, str, str]]]:
+def shipped_runs() -> list[tuple[str, dict, tuple[str, str, str, int]]]:
     """Every run of every shipped config, laid over config/config.yaml as Snakemake does."""
     out = []
     for path in sorted((ROOT / "config").glob("*.yaml")):
         config = C.deep_merge(DEFAULTS, C.load(path))
-        out += [(f"{path.stem}/{'/'.join(run)}", config, run) for run in C.run_matrix(config)]
+        out += [(f"{path.stem}/{'/'.join(map(str, run))}", config, run) for run in C.run_matrix(config)]
     return out
 
 
 RUNS = shipped_runs()
 
 
-def run_config(config: dict, run: tuple[str, str, str]) -> dict:
-    """The JSON the run_config stage writes (prompts made up)."""
-    spec = C.run_spec(config, *run, "results/backbones/toy")
+def run_config(config: dict, run: tuple) -> dict:
+    """The JSON the run_config stage writes (prompts made up); run: (backbone, reward, method[, seed])."""
+    spec = C.run_spec(config, *run[:3], "results/backbones/toy", *run[3:])
     spec.pop("eval_prompt_count")
     return {**spec, "train_prompts": ["a red disc", "a blue cross"], "eval_prompts": ["a green frame"]}
 
@@ -76,6 +76,24 @@ def test_every_run_config_sets_every_field(config, run):
     assert as_dict["train"] == spec["train"] and as_dict["method"] == spec["method"]
     assert cfg.train.ema is None or isinstance(cfg.train.ema, EmaSettings)
     assert cfg.method.creative is None or isinstance(cfg.method.creative, CreativeSettings)
+
+
+def test_seeds_are_an_axis_of_the_run_matrix():
+    """runs.seeds are training replicates: every (backbone, reward, method) once per seed, in the listed order, each
+    trained with its own seed; the global seed (the world's: captions, pre-training) is no run setting."""
+    config = C.deep_merge(DEFAULTS, {"runs": {"rewards": ["colour"], "methods": ["flow_grpo", "diverse_grpo"],
+                                              "seeds": [7, 0, 3]}})
+    C.validate(config, root=ROOT)
+    assert C.run_matrix(config) == [("toy", "colour", m, s) for m in ("flow_grpo", "diverse_grpo") for s in (7, 0, 3)]
+    specs = {s: C.run_spec(config, "toy", "colour", "diverse_grpo", None, s) for s in (7, 0, 3)}
+    assert {s: spec["seed"] for s, spec in specs.items()} == {7: 7, 0: 0, 3: 3}
+    assert all({**spec, "seed": 0} == specs[0] for spec in specs.values())  # the seed is all that differs
+    assert C.run_spec(config, "toy", "colour", "diverse_grpo", None)["seed"] == 7  # no seed given: the first
+    world = C.deep_merge(config, {"seed": 5})
+    assert C.run_spec(world, "toy", "colour", "diverse_grpo", None, 3) == specs[3]
+    assert len(C.run_matrix(C.deep_merge(DEFAULTS, C.load(ROOT / "config/seeds.yaml")))) == 3 * len(
+        C.run_matrix(DEFAULTS))
+    assert DEFAULTS["runs"]["seeds"] == [0]
 
 
 def test_a_new_training_hyper_parameter_reaches_the_run_config_with_no_other_edit():

@@ -176,6 +176,9 @@ def _short(error) -> str:
         return f"{error.instance!r} is not {error.schema['description']}"
     if error.validator == "enum":
         return f"{error.instance!r} is not one of {error.validator_value}"
+    if error.validator == "uniqueItems" and isinstance(error.instance, list):
+        repeated = [x for i, x in enumerate(error.instance) if x in error.instance[:i]]
+        return f"{error.message}: {', '.join(dict.fromkeys(map(repr, repeated)))} listed more than once"
     return error.message
 
 
@@ -276,9 +279,10 @@ def semantic_errors(config: dict, root: Path = Path(".")) -> list[str]:
 
 def _name_collisions(config: dict) -> list[str]:
     """Names are folders and files under results/: two must never land on one path. A reward named
-    base or base.* sits beside the base run's own files (samples/<backbone>/base/, metrics/<backbone>/
-    base.parquet, logs/sample/<backbone>/base.log); names equal but for case are one folder on macOS
-    and Windows file systems; the report's grids join a backbone and a reward into one file name."""
+    base sits in the base run's own folders (samples/<backbone>/base/seed<seed>/, metrics/<backbone>/base/,
+    logs/sample/<backbone>/base/), and base.* stays reserved beside them (it once named base.parquet);
+    names equal but for case are one folder on macOS and Windows file systems; the report's grids join
+    a backbone and a reward into one file name."""
     errors = []
     for name in config["rewards"]:
         if name == "base" or name.startswith("base."):
@@ -395,10 +399,10 @@ def validate(config: dict, root: Path = Path(".")) -> dict:
     return config
 
 
-def run_matrix(config: dict) -> list[tuple[str, str, str]]:
-    """(backbone, reward, method) for every trained run."""
+def run_matrix(config: dict) -> list[tuple[str, str, str, int]]:
+    """(backbone, reward, method, seed) for every trained run: runs.seeds are training replicates."""
     r = config["runs"]
-    return [(b, w, m) for b in r["backbones"] for w in r["rewards"] for m in r["methods"]]
+    return [(b, w, m, s) for b in r["backbones"] for w in r["rewards"] for m in r["methods"] for s in r["seeds"]]
 
 
 def pretrain_spec(config: dict, backbone: str) -> dict:
@@ -433,10 +437,13 @@ def rollout_settings(backbone: dict) -> dict:
     return {k: {**BACKBONE_DEFAULTS, **backbone}[k] for k in ROLLOUT_KEYS}
 
 
-def run_spec(config: dict, backbone: str, reward: str, method: str, backbone_dir: str | None) -> dict:
+def run_spec(config: dict, backbone: str, reward: str, method: str, backbone_dir: str | None,
+             seed: int | None = None) -> dict:
     """What one run needs except the prompts (added by the run_config stage): the params that, when
     changed, rerun exactly this run and what depends on it. Every field of the run's settings is set: the
-    config the workflow sees has every key of config/config.yaml."""
+    config the workflow sees has every key of config/config.yaml. `seed`: the run's replicate, one of
+    runs.seeds (None: the first); the global `seed` chooses the world (captions, pre-training) and reaches a
+    run through its inputs only."""
     train = method_train(config, method)
     b = config["backbones"][backbone]
     spec = {
@@ -446,7 +453,7 @@ def run_spec(config: dict, backbone: str, reward: str, method: str, backbone_dir
         "method": method_settings(config, method),
         "train": {**{k: v for k, v in train.items() if k not in RUN_KEYS}, **rollout_settings(b)},
         **{name: train[key] for key, name in RUN_KEYS.items()},
-        "seed": config["seed"],
+        "seed": config["runs"]["seeds"][0] if seed is None else int(seed),
         "device": config["device"],
         "torch_threads": config["torch_threads"],
     }
