@@ -16,7 +16,7 @@ interleaved with today's: before / after of one change in one run, whatever else
 The two job variants are real entry points on tiny inputs, so that their own work is a small part:
 - train: `python -m diversegrpo.train` on a run config of 1 iteration (1 prompt x 4 images, 2 SDE
   steps; 2 held-out images of 1 ODE step before and after), ending with the LoRA written;
-- sample: the sample stage (scripts/sample.py's call) with a LoRA, 1 image of 1 ODE step, 1 reward.
+- sample: the sample stage (scripts/sample.py's call) with a LoRA, 1 image of 1 ODE step per caption split, 1 reward.
 Both load a toy backbone of the default config's size (random weights: the cost does not depend on
 their values).
 """
@@ -60,8 +60,8 @@ from diversegrpo.stages.sample import sample_stage
 fixtures = sys.argv[1]
 spec = {{"kind": "toy", "path": fixtures + "/backbone", "eval_steps": 1, "guidance_scale": 1.0,
          "lora": {lora}}}
-sample_stage(spec, fixtures + "/lora", fixtures + "/eval.parquet", 1, 1, {{"colour": {{"kind": "toy_colour"}}}},
-             0, "cpu", 1, sys.argv[2])
+captions = {{"eval": fixtures + "/eval.parquet", "train": fixtures + "/eval.parquet"}}
+sample_stage(spec, fixtures + "/lora", captions, 1, 1, {{"colour": {{"kind": "toy_colour"}}}}, 0, "cpu", 1, sys.argv[2])
 """
 
 

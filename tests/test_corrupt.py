@@ -73,7 +73,8 @@ def _parquet(tmp_path: Path, toy_dir: Path) -> Path:
 def _sample(path: Path, toy_dir: Path) -> None:
     from diversegrpo.stages.sample import sample_stage
 
-    sample_stage({}, None, str(path), 2, None, {}, 0, "cpu", 1, str(path.parent / "out.parquet"))
+    sample_stage({}, None, {"eval": str(path), "train": str(path)}, 2, None, {}, 0, "cpu", 1,
+                 str(path.parent / "out.parquet"))
 
 
 def _evaluate(path: Path, toy_dir: Path) -> None:
@@ -85,7 +86,7 @@ def _evaluate(path: Path, toy_dir: Path) -> None:
 def _report(path: Path, toy_dir: Path) -> None:
     from diversegrpo.stages.report import report_stage
 
-    report_stage([str(path)], [], [], {}, [], 1, 1, {})
+    report_stage([str(path)], [], [], [], [], {}, [0], 1, 1, {})
 
 
 # (id, make the good artifact -> its path, read it as the pipeline does, what the message calls it and the rule)
@@ -144,7 +145,7 @@ def test_a_corrupt_run_config_keeps_the_lora(tmp_path):
         shutil.copytree(root / name, tmp_path / name)
     shutil.copy(root / "Snakefile", tmp_path)
     shutil.copytree(root / "profiles", tmp_path / "profiles", symlinks=True)  # the default profile's rerun triggers
-    run = tmp_path / "results/runs/toy/colour/diverse_grpo"
+    run = tmp_path / "results/runs/toy/colour/diverse_grpo/seed0"
     files = {
         "src/diversegrpo/__init__.py": b"",
         "results/captions/train.parquet": b"",
@@ -170,7 +171,7 @@ def test_a_corrupt_run_config_keeps_the_lora(tmp_path):
     )
     output = result.stdout + result.stderr
     assert result.returncode != 0
-    config = "results/runs/toy/colour/diverse_grpo/config.json"
+    config = "results/runs/toy/colour/diverse_grpo/seed0/config.json"
     assert f"{config} is unreadable (JSONDecodeError: " in output, output[-3000:]
     assert f"snakemake {config} --forcerun run_config" in output, output[-3000:]
     assert lora.read_bytes() == b"trained for days"

@@ -77,15 +77,16 @@ def decode(backbone: Backbone, latents: torch.Tensor, micro_batch: int | None = 
 @torch.no_grad()
 def sample_images(
     backbone: Backbone, prompts: list[str], num_steps: int, guidance_scale: float, seed: int, batch_size: int = 64,
-    decode_batch: int = 8,
+    decode_batch: int = 8, offset: int = 0,
 ) -> torch.Tensor:
-    """(B, 3, H, W) ODE samples; image i's noise depends only on (seed, i), so every run shares seeds.
+    """(B, 3, H, W) ODE samples; image i's noise depends only on (seed, offset + i), so every run shares seeds
+    (`offset`: where these images continue a longer list, e.g. a second caption split after the first).
     `batch_size` samples per transformer forward, `decode_batch` per VAE decode (memory only)."""
     out = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
         noise = torch.stack([
-            backbone.initial_noise(1, torch.Generator().manual_seed(seed * 100_003 + start + j))[0]
+            backbone.initial_noise(1, torch.Generator().manual_seed(seed * 100_003 + offset + start + j))[0]
             for j in range(len(chunk))
         ])
         cond = backbone.encode_prompts(chunk)

@@ -1,6 +1,6 @@
-"""The evaluate stage: one run's samples against the base run's -> a long table of metrics,
-per prompt and overall (diversity, SSIM diversity, rewards, Frechet distance and IRS to base, and in
-the toy world the ground-truth valid share, mode coverage and mode entropy)."""
+"""The evaluate stage: one run's samples against the base run's -> a long table of metrics per caption
+split (train / eval), per prompt and overall (diversity, SSIM diversity, rewards, Frechet distance and
+IRS to base, and in the toy world the ground-truth valid share, mode coverage and mode entropy)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ def load_images(table: pd.DataFrame) -> torch.Tensor:
 def evaluate_stage(
     samples: str, base_samples: str, features_spec: dict, toy_world: bool, labels: dict, out: str
 ) -> None:
+    """Every metric per caption split of the samples (their `split` column: each row of the output carries
+    it), each against the base run's images of the same split."""
     embed = build_features(features_spec)
     run = read_parquet(samples, "samples", "sample")
     images = load_images(run)
@@ -32,6 +34,18 @@ def evaluate_stage(
     else:
         base = read_parquet(base_samples, "base samples", "sample_base")
         base_emb = embed(load_images(base))
+    long = []
+    for split in dict.fromkeys(run.split):
+        mine, theirs = (run.split == split).to_numpy(), (base.split == split).to_numpy()
+        long += _split_metrics(run[mine].reset_index(drop=True), images[mine], emb[mine],
+                               base[theirs].reset_index(drop=True), base_emb[theirs], embed, toy_world,
+                               {**labels, "split": split})
+    write_parquet(pd.DataFrame(long), out)
+
+
+def _split_metrics(run: pd.DataFrame, images: torch.Tensor, emb: torch.Tensor, base: pd.DataFrame,
+                   base_emb: torch.Tensor, embed, toy_world: bool, labels: dict) -> list[dict]:
+    """The long rows of one caption split: per prompt, overall, and overall_se (bootstrap standard errors)."""
     rewards = {
         c.removeprefix("reward_"): torch.tensor(run[c].to_numpy()) for c in run.columns if c.startswith("reward_")
     }
@@ -51,7 +65,7 @@ def evaluate_stage(
     ]
     long += [{**labels, "scope": "overall", "prompt": "", "metric": k, "value": float(v)} for k, v in overall.items()]
     long += [{**labels, "scope": "overall_se", "prompt": "", "metric": k, "value": v} for k, v in errors.items()]
-    write_parquet(pd.DataFrame(long), out)
+    return long
 
 
 def _irs_per_prompt(run: pd.DataFrame, base: pd.DataFrame, emb: np.ndarray, base_emb: np.ndarray) -> float:

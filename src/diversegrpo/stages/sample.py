@@ -1,5 +1,6 @@
-"""The sample stage: ODE images of the evaluation prompts from one run (or the untrained base),
-with seeds shared across runs, scored by every reward of the run matrix."""
+"""The sample stage: ODE images of both caption splits from one run (or the untrained base), with seeds
+shared across runs, scored by every reward of the run matrix. One file, a `split` column: the held-out
+(`eval`) captions first, then the first training (`train`) captions, at most `max_prompts` of each."""
 
 from __future__ import annotations
 
@@ -13,11 +14,14 @@ from ..registry import build_reward
 from ..sampling import sample_images
 from ..train import build_backbone, resolve_device
 
+SPLITS = ("eval", "train")  # the order of the rows; the eval images keep the noise they had alone
+CAPTIONS = {"eval": "evaluation captions", "train": "training captions"}  # what error messages call them
+
 
 def sample_stage(
     backbone_spec: dict,
     lora_dir: str | None,
-    eval_captions: str,
+    captions: dict[str, str],
     images_per_prompt: int,
     max_prompts: int | None,
     reward_specs: dict[str, dict],
@@ -26,26 +30,36 @@ def sample_stage(
     torch_threads: int,
     out: str,
 ) -> None:
+    """`captions`: split -> its captions file (the captions stage's eval.parquet / train.parquet). Image i of
+    the file (eval rows, then train rows) is drawn from the noise of (seed, i): the eval images are those a
+    file of the eval split alone would hold, and no train image shares its noise with an eval one."""
     torch.set_num_threads(torch_threads)
+    chosen = {}
+    for split in SPLITS:  # read first: a broken captions file fails before the model is loaded
+        table = read_parquet(captions[split], CAPTIONS[split], "captions")
+        chosen[split] = table.head(max_prompts) if max_prompts else table  # the first in file order
     device = resolve_device(device)
-    captions = read_parquet(eval_captions, "evaluation captions", "captions")
-    if max_prompts:
-        captions = captions.head(max_prompts)
     backbone = build_backbone(backbone_spec, device)
     if lora_dir is not None:
         backbone.add_lora(LoraSpec.from_config(backbone_spec["lora"], backbone.lora_targets))
         backbone.load_lora(lora_dir)
-    prompts = [p for p in captions.prompt for _ in range(images_per_prompt)]
-    images = sample_images(backbone, prompts, backbone_spec["eval_steps"], backbone_spec["guidance_scale"], seed=seed)
-    encoded = [png_bytes(im) for im in images]
-    stored = torch.stack([png_tensor(b) for b in encoded])  # score what is stored, so scores reproduce from the file
-    rewards = score_rewards(stored, prompts, {name: build_reward(spec, device) for name, spec in reward_specs.items()})
-    table = pd.DataFrame({
-        "prompt_id": [pid for pid in captions.prompt_id for _ in range(images_per_prompt)],
-        "prompt": prompts,
-        "index": [i for _ in captions.prompt for i in range(images_per_prompt)],
-        "seed": seed,
-        "image": encoded,
-        **{f"reward_{name}": values.numpy() for name, values in rewards.items()},
-    })
-    write_parquet(table, out)
+    rewards = {name: build_reward(spec, device) for name, spec in reward_specs.items()}
+    tables = []
+    for split, table in chosen.items():
+        offset = sum(len(t) for t in tables)
+        prompts = [p for p in table.prompt for _ in range(images_per_prompt)]
+        images = sample_images(backbone, prompts, backbone_spec["eval_steps"], backbone_spec["guidance_scale"],
+                               seed=seed, offset=offset)
+        encoded = [png_bytes(im) for im in images]
+        stored = torch.stack([png_tensor(b) for b in encoded])  # score what is stored: scores reproduce from the file
+        scores = score_rewards(stored, prompts, rewards)
+        tables.append(pd.DataFrame({
+            "split": split,
+            "prompt_id": [pid for pid in table.prompt_id for _ in range(images_per_prompt)],
+            "prompt": prompts,
+            "index": [i for _ in table.prompt for i in range(images_per_prompt)],
+            "seed": seed,
+            "image": encoded,
+            **{f"reward_{name}": values.numpy() for name, values in scores.items()},
+        }))
+    write_parquet(pd.concat(tables, ignore_index=True), out)
