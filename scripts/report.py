@@ -10,5 +10,6 @@ out = snakemake.output  # noqa: F821
 outputs = {k: out[k] for k in ("table_md", "table_tex", "summary", "pareto", "pareto_csv", "curves")}
 outputs["grids_dir"] = str(Path(out.grids[0]).parent)
 p = snakemake.params  # noqa: F821
-report_stage(snakemake.input.metrics, [tuple(r) for r in p.runs], p.run_dirs, p.base_samples,  # noqa: F821
-             snakemake.input.samples, p.report.get("grid_prompts", 3), p.report.get("grid_images", 8), outputs)  # noqa: F821
+report_stage(snakemake.input.metrics, [tuple(r) for r in p.runs], p.run_dirs,  # noqa: F821
+             [tuple(r) for r in p.grid_runs], snakemake.input.samples, p.base_samples, list(p.seeds),  # noqa: F821
+             p.report.get("grid_prompts", 3), p.report.get("grid_images", 8), outputs)

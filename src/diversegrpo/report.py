@@ -1,5 +1,6 @@
-"""The paper's outputs: Table 1 (Markdown + LaTeX), a flat summary for DVC metrics, reward-diversity
-Pareto curves over training checkpoints, training curves and image grids on shared prompts and seeds."""
+"""The paper's outputs, aggregated over the replicate seeds (runs.seeds): Table 1 per caption split (Markdown +
+LaTeX: the mean over seeds ± the spread, and DiverseGRPO / Flow-GRPO ratios per seed), a summary for DVC
+metrics, reward-diversity Pareto plots per split, training curves and image grids on shared prompts and seeds."""
 
 from __future__ import annotations
 
@@ -22,13 +23,68 @@ COLUMNS = [
     ("mode_coverage", "Coverage↑", True),
     ("valid_share", "Valid↑", True),
 ]
+SPLITS = {"eval": "held-out captions", "train": "training captions"}  # the sample stage's splits, in table order
+KEYS = ["split", "backbone", "reward", "method"]  # a row of Table 1 (one per split); per seed, plus "seed"
+BASELINE, DIVERSE = "flow_grpo", "diverse_grpo"  # the ratios' denominator and numerator methods
+RATIOS = {"diversity": "diversity", "mode_entropy": "mode entropy", "reward": "reward"}  # reward: the run's own
 
 
 def overall_table(metrics: pd.DataFrame, scope: str = "overall") -> pd.DataFrame:
-    """One row per (backbone, reward, method) with one column per overall metric (scope "overall"), or
-    per standard error of one (scope "overall_se")."""
+    """One row per (split, backbone, reward, method, seed) with one column per overall metric (scope
+    "overall"), or per standard error of one (scope "overall_se")."""
     overall = metrics[metrics.scope == scope]
-    return overall.pivot_table(index=["backbone", "reward", "method"], columns="metric", values="value").reset_index()
+    index = [k for k in (*KEYS, "seed") if k in overall]
+    table = overall.pivot_table(index=index, columns="metric", values="value", sort=False).reset_index()
+    table.columns.name = None
+    return table
+
+
+def aggregate(metrics: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(mean, spread, per_seed) of the evaluate stage's long metrics (every run, base included, every seed).
+    mean: one row per KEYS, the mean over seeds of each overall metric; spread: the same rows, the sample
+    standard deviation over seeds where a row has two seeds or more, and with one seed that seed's bootstrap
+    standard error (a metric without one, e.g. FD: NaN); per_seed: overall_table, one row per seed."""
+    per_seed = overall_table(metrics)
+    columns = [c for c in per_seed if c not in (*KEYS, "seed")]
+    groups = per_seed.groupby(KEYS, sort=False)
+    mean = groups[columns].mean().reset_index()
+    std = groups[columns].std(ddof=1).reset_index()
+    counts = groups.size().to_numpy()
+    errors = overall_table(metrics, "overall_se")
+    single = errors.set_index(KEYS) if len(errors) else None
+    rows = []
+    for (key, row), n in zip(std.set_index(KEYS).iterrows(), counts):
+        if n < 2:  # one seed: its bootstrap standard errors
+            se = single.loc[[key]].iloc[0] if single is not None and key in single.index else pd.Series(dtype=float)
+            row = pd.Series({c: se.get(c, float("nan")) for c in columns})
+        rows.append(row[columns])
+    spread = pd.DataFrame(rows, columns=columns).reset_index(drop=True)
+    spread = pd.concat([std[KEYS].reset_index(drop=True), spread.astype(float)], axis=1)
+    return mean, spread, per_seed
+
+
+def ratios(per_seed: pd.DataFrame) -> pd.DataFrame:
+    """DiverseGRPO / Flow-GRPO per split, backbone, reward and seed, of diversity, mode entropy (toy world)
+    and the run's own reward: columns split, backbone, reward, seed and ratio_<RATIOS key> (missing, NaN, where
+    Flow-GRPO's value is 0 or missing). Empty unless both methods are in the run matrix."""
+    rows = []
+    runs = per_seed.set_index([*KEYS, "seed"])
+    for (split, backbone, reward, method, seed) in runs.index:
+        if method != DIVERSE or (split, backbone, reward, BASELINE, seed) not in runs.index:
+            continue
+        mine, theirs = runs.loc[(split, backbone, reward, method, seed)], runs.loc[(split, backbone, reward, BASELINE,
+                                                                                    seed)]
+        row = {"split": split, "backbone": backbone, "reward": reward, "seed": int(seed)}
+        for name in RATIOS:
+            column = f"reward_{reward}" if name == "reward" else name
+            if column in runs:
+                row[f"ratio_{name}"] = _quotient(mine[column], theirs[column])
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["split", "backbone", "reward", "seed", *(f"ratio_{n}" for n in RATIOS)])
+
+
+def _quotient(a, b) -> float | None:
+    return float(a / b) if pd.notna(a) and pd.notna(b) and b != 0 else None
 
 
 def paper_table(table: pd.DataFrame, rewards: list[str]) -> pd.DataFrame:
@@ -43,6 +99,80 @@ def paper_table(table: pd.DataFrame, rewards: list[str]) -> pd.DataFrame:
     out = pd.concat(blocks, ignore_index=True)
     columns = [c for c, _, _ in COLUMNS if c in out] + [f"reward_{r}" for r in rewards if f"reward_{r}" in out]
     return out[["backbone", "reward", "method", *columns]]
+
+
+def split_tables(mean: pd.DataFrame, spread: pd.DataFrame, rewards: list[str]) -> dict[str, tuple]:
+    """split -> (Table 1 of the means, the same table of spreads), splits in SPLITS order."""
+    splits = [s for s in SPLITS if s in set(mean.split)] + [s for s in dict.fromkeys(mean.split) if s not in SPLITS]
+    return {s: (paper_table(mean[mean.split == s].drop(columns="split"), rewards),
+                paper_table(spread[spread.split == s].drop(columns="split"), rewards)) for s in splits}
+
+
+def spread_note(seeds: list[int]) -> str:
+    if len(seeds) > 1:
+        return (f"Mean over the {len(seeds)} seeds {', '.join(map(str, seeds))} ± the sample standard deviation "
+                f"over seeds.")
+    return f"Seed {seeds[0]}; ± is the bootstrap standard error from resampling each prompt's images."
+
+
+def _split_title(split: str) -> str:
+    return f"{split} split ({SPLITS[split]})" if split in SPLITS else f"{split} split"
+
+
+def table1_markdown(tables: dict[str, tuple], ratio_table: pd.DataFrame, seeds: list[int]) -> str:
+    """Table 1 with a section per caption split, each followed by its DiverseGRPO / Flow-GRPO ratios per seed."""
+    lines = ["# Table 1", "", spread_note(seeds), ""]
+    for split, (table, errors) in tables.items():
+        lines += [f"## {_split_title(split)}", "", to_markdown(table, errors)]
+        mine = ratio_table[ratio_table.split == split]
+        if len(mine):
+            lines += [f"{_ratio_title()}:", "", _ratios_markdown(mine)]
+    return "\n".join(lines)
+
+
+def _ratio_title() -> str:
+    return "DiverseGRPO / Flow-GRPO per seed"
+
+
+def _ratio_cells(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    names = [n for n in RATIOS if table[f"ratio_{n}"].notna().any()]
+    rows = [[str(r["backbone"]), str(r["reward"]), str(r["seed"]),
+             *("—" if pd.isna(r[f"ratio_{n}"]) else f"{r[f'ratio_{n}']:.3f}" for n in names)]
+            for r in table.to_dict("records")]
+    return ["backbone", "reward", "seed", *(RATIOS[n] for n in names)], rows
+
+
+def _ratios_markdown(table: pd.DataFrame) -> str:
+    header, rows = _ratio_cells(table)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in rows]) + "\n"
+
+
+def table1_latex(tables: dict[str, tuple], ratio_table: pd.DataFrame, seeds: list[int]) -> str:
+    """Table 1 as one booktabs tabular with a block per caption split, then the ratios' tabular."""
+    out = [f"% Table 1. {spread_note(seeds)}".replace("±", "+-")]
+    first = True
+    for split, (table, errors) in tables.items():
+        body = to_latex(table, errors).splitlines()
+        if first:
+            out += body[:4]  # \begin{tabular}, \toprule, the header, \midrule
+            first = False
+        else:
+            out.append(r"\midrule")
+        out += [rf"\multicolumn{{{len(table.columns)}}}{{l}}{{\emph{{{_split_title(split)}}}}} \\", *body[4:-2]]
+    if not first:
+        out += [r"\bottomrule", r"\end{tabular}"]
+    if len(ratio_table):
+        header, _ = _ratio_cells(ratio_table)
+        out += ["", f"% {_ratio_title()}",
+                r"\begin{tabular}{" + "l" * 4 + "r" * (len(header) - 3) + "}", r"\toprule",
+                " & ".join(["split", *header]) + r" \\", r"\midrule"]
+        for split in tables:
+            _, rows = _ratio_cells(ratio_table[ratio_table.split == split])
+            out += [" & ".join(c.replace("_", r"\_").replace("—", "--") for c in [split, *cells]) + r" \\"
+                    for cells in rows]
+        out += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(out) + "\n"
 
 
 def to_markdown(table: pd.DataFrame, errors: pd.DataFrame | None = None) -> str:
@@ -84,31 +214,51 @@ def _fmt(v, error: float | None = None, pm: str = "±") -> str:
     return f"{v:.4f} {pm} {error:.4f}" if error is not None and pd.notna(error) else f"{v:.4f}"
 
 
-def summary(table: pd.DataFrame) -> dict:
-    """Flat {backbone/reward/method/metric: value} for `dvc metrics show`."""
-    out = {}
-    for row in table.to_dict("records"):
-        key = f"{row['backbone']}/{row['reward']}/{row['method']}"
-        out.update(
-            {
-                f"{key}/{k}": round(float(v), 6)
-                for k, v in row.items()
-                if k not in ("backbone", "reward", "method") and pd.notna(v)
-            }
-        )
+def summary(tables: dict[str, tuple], per_seed: pd.DataFrame, ratio_table: pd.DataFrame, seeds: list[int]) -> dict:
+    """Machine-readable Table 1 (for `dvc metrics`): {"seeds": [...], split: {backbone: {reward: {method: {metric:
+    {"mean", "spread", "per_seed": [one value per seed, in "seeds" order]}}}}}, "ratios": {split: {backbone:
+    {reward: [{"seed", "diversity", "mode_entropy", "reward"} per seed]}}}}. base sits under every reward, as
+    in Table 1; a value that does not exist is null; spread as in Table 1 (spread_note)."""
+    out: dict = {"seeds": [int(s) for s in seeds]}
+    values = per_seed.set_index([*KEYS, "seed"])
+    for split, (table, errors) in tables.items():
+        lookup = errors.set_index(["backbone", "reward", "method"]).to_dict("index")
+        for row in table.to_dict("records"):
+            backbone, reward, method = row["backbone"], row["reward"], row["method"]
+            own = "" if method == "base" else reward  # the base run's rows carry no reward
+            node = out.setdefault(split, {}).setdefault(backbone, {}).setdefault(reward, {}).setdefault(method, {})
+            for metric, mean in row.items():
+                if metric in ("backbone", "reward", "method") or pd.isna(mean):
+                    continue
+                node[metric] = {
+                    "mean": _number(mean),
+                    "spread": _number(lookup.get((backbone, reward, method), {}).get(metric)),
+                    "per_seed": [_number(values[metric].get((split, backbone, own, method, s))) for s in seeds],
+                }
+    for r in ratio_table.to_dict("records"):
+        entry = {"seed": int(r["seed"]), **{n: _number(r[f"ratio_{n}"]) for n in RATIOS}}
+        out.setdefault("ratios", {}).setdefault(r["split"], {}).setdefault(r["backbone"], {}).setdefault(
+            r["reward"], []).append(entry)
     return out
 
 
-def pareto_data(curves: dict[tuple[str, str, str], pd.DataFrame]) -> pd.DataFrame:
+def _number(v) -> float | None:
+    return None if v is None or pd.isna(v) else round(float(v), 6)
+
+
+def pareto_data(curves: dict[tuple, pd.DataFrame]) -> pd.DataFrame:
+    """Every ODE evaluation of every run (curve.parquet: the held-out prompts), one row each; curves are keyed
+    by (backbone, reward, method, seed)."""
     rows = []
-    for (backbone, reward, method), curve in curves.items():
+    for (backbone, reward, method, seed), curve in curves.items():
         for r in curve.to_dict("records"):
             rows.append(
                 {
-                    "run": f"{backbone}/{reward}/{method}",
+                    "run": f"{backbone}/{reward}/{method}/seed{seed}",
                     "backbone": backbone,
                     "reward": reward,
                     "method": method,
+                    "seed": int(seed),
                     "iteration": int(r["iteration"]),
                     "diversity": r["diversity"],
                     "reward_value": r["reward_reward"],
@@ -117,41 +267,64 @@ def pareto_data(curves: dict[tuple[str, str, str], pd.DataFrame]) -> pd.DataFram
     return pd.DataFrame(rows)
 
 
-def plot_pareto(data: pd.DataFrame, final: pd.DataFrame, path) -> None:
-    """Reward vs diversity: each method's path over training checkpoints (curve.parquet, held-out
-    prompts), and stars for the final evaluation of the sample stage (base included)."""
-    pairs = list(data.groupby(["backbone", "reward"]).groups)
-    fig, axes = plt.subplots(1, len(pairs), figsize=(5 * len(pairs), 4), squeeze=False)
-    for ax, (backbone, reward) in zip(axes[0], pairs):
-        colours = {}
-        for method, curve in data[(data.backbone == backbone) & (data.reward == reward)].groupby("method"):
-            curve = curve.sort_values("iteration")
-            (line,) = ax.plot(curve.diversity, curve.reward_value, "-o", ms=3, label=f"{method} (training)")
-            colours[method] = line.get_color()
-            ax.annotate(
-                str(curve.iteration.iloc[-1]), (curve.diversity.iloc[-1], curve.reward_value.iloc[-1]), fontsize=7
-            )
-        rows = final[(final.backbone == backbone) & (final.reward == reward)]
-        for row in rows.itertuples(index=False):
-            value = getattr(row, f"reward_{reward}", None)
-            if value is not None:
-                ax.scatter(row.diversity, value, marker="*", s=120, color=colours.get(row.method, "black"), zorder=3)
-                ax.annotate(
-                    f"{row.method} (final)",
-                    (row.diversity, value),
-                    fontsize=7,
-                    xytext=(4, -8),
-                    textcoords="offset points",
-                )
-        ax.set(title=f"{backbone} / {reward}", xlabel="diversity (mean pairwise distance)", ylabel=f"{reward} reward")
-        ax.legend(fontsize=7)
+def plot_pareto(data: pd.DataFrame, tables: dict[str, tuple], path) -> None:
+    """Reward vs diversity, a row of panels per caption split, a panel per backbone and reward. On the
+    held-out (eval) split, each method's path over training checkpoints (curve.parquet, the mean over
+    seeds per iteration); on every split, stars for the final evaluation of the sample stage (base
+    included): the mean over seeds with the spread as error bars."""
+    pairs = list(dict.fromkeys(zip(data.backbone, data.reward)))
+    for table, _ in tables.values():
+        pairs += [p for p in dict.fromkeys(zip(table.backbone, table.reward)) if p not in pairs]
+    splits = list(tables) or ["eval"]
+    methods = list(dict.fromkeys([*data.get("method", []), *(m for t, _ in tables.values() for m in t.method)]))
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colours = {m: palette[i % len(palette)] for i, m in enumerate(m for m in methods if m != "base")} | {
+        "base": "black"}
+    fig, axes = plt.subplots(len(splits), max(len(pairs), 1), figsize=(5 * max(len(pairs), 1), 4 * len(splits)),
+                             squeeze=False)
+    for ax_row, split in zip(axes, splits):
+        final, spread = tables.get(split, (pd.DataFrame(), pd.DataFrame()))
+        for ax, (backbone, reward) in zip(ax_row, pairs):
+            if split == "eval" and len(data):
+                runs = data[(data.backbone == backbone) & (data.reward == reward)]
+                for method, curve in runs.groupby("method", sort=False):
+                    curve = curve.groupby("iteration")[["diversity", "reward_value"]].mean().reset_index()
+                    ax.plot(curve.diversity, curve.reward_value, "-o", ms=3, color=colours.get(method),
+                            label=f"{method} (training)")
+                    ax.annotate(str(curve.iteration.iloc[-1]),
+                                (curve.diversity.iloc[-1], curve.reward_value.iloc[-1]), fontsize=7)
+            column = f"reward_{reward}"
+            if column in final:
+                rows = final[(final.backbone == backbone) & (final.reward == reward)]
+                errors = spread.set_index(["backbone", "reward", "method"]).to_dict("index") if len(spread) else {}
+                for row in rows.to_dict("records"):
+                    x, y = row["diversity"], row[column]  # column access: any reward name, '-' and '.' included
+                    if pd.isna(x) or pd.isna(y):
+                        continue
+                    error = errors.get((backbone, reward, row["method"]), {})
+                    xerr, yerr = (error.get(c) for c in ("diversity", column))
+                    colour = colours.get(row["method"], "black")
+                    ax.errorbar(x, y, xerr=None if xerr is None or pd.isna(xerr) else xerr,
+                                yerr=None if yerr is None or pd.isna(yerr) else yerr, fmt="none", ecolor=colour,
+                                elinewidth=0.8, zorder=2)
+                    ax.scatter(x, y, marker="*", s=120, color=colour, zorder=3)
+                    ax.annotate(f"{row['method']} (final)", (x, y), fontsize=7, xytext=(4, -8),
+                                textcoords="offset points")
+            ax.set(title=f"{backbone} / {reward}: {_split_title(split)}", xlabel="diversity (mean pairwise distance)",
+                   ylabel=f"{reward} reward")
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
     _save(fig, path)
 
 
-def plot_curves(logs: dict[tuple[str, str, str], pd.DataFrame], path) -> None:
+def plot_curves(logs: dict[tuple, pd.DataFrame], path) -> None:
+    """Per iteration of each (backbone, reward, method): the training log's metrics, the mean over the seeds'
+    logs (keyed by (backbone, reward, method, seed)), smoothed over 5 iterations."""
     metrics = ["reward_mean", "diversity", "clusters", "regularizer"]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.5))
-    for (_backbone, reward, method), log in logs.items():
+    for (_backbone, reward, method) in dict.fromkeys(run[:3] for run in logs):
+        seeds = [log for run, log in logs.items() if run[:3] == (_backbone, reward, method)]
+        log = pd.concat(seeds).groupby("iteration", sort=True)[metrics].mean().reset_index()
         for ax, m in zip(axes, metrics):
             smooth = log[m].rolling(5, min_periods=1).mean()
             ax.plot(log.iteration, smooth, label=f"{reward}/{method}")
