@@ -266,13 +266,13 @@ def test_train_rule_uses_the_launcher_exactly_when_processes_exceed_one(tmp_path
         line.strip() for line in (result.stdout + result.stderr).splitlines() if "-m diversegrpo.train " in line
     ]
     config = C.deep_merge(C.load(ROOT / "config/config.yaml"), C.load(ROOT / "config/tiny.yaml"))
-    runs = [(r, m) for r in config["runs"]["rewards"] for m in config["runs"]["methods"]]
+    runs = [(r, m, s) for _, r, m, s in C.run_matrix(config)]
     assert len(commands) == len(runs), commands
-    for reward, method in runs:
-        out = f"results/runs/toy/{reward}/{method}"
+    for reward, method, seed in runs:
+        out = f"results/runs/toy/{reward}/{method}/seed{seed}"
         prefix = " ".join(launcher(2)) if method == "diverse_grpo" else sys.executable
         wanted = (f"{prefix} -m diversegrpo.train --run-config {out}/config.json --out {out} "
-                  f"> logs/train/toy/{reward}/{method}.log 2>&1")
+                  f"> logs/train/toy/{reward}/{method}/seed{seed}.log 2>&1")
         assert any(c.endswith(wanted) for c in commands), f"{wanted}\nnot in\n" + "\n".join(commands)
 
 

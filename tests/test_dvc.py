@@ -130,10 +130,10 @@ def test_a_key_that_changes_a_run_is_a_param_of_the_train_phase():
     depend on the leaf, or `dvc repro` would skip the retraining."""
     params, changing = dvc_params(DVC)["train"], set()
     runs = C.run_matrix(CONFIG)
-    before = [C.run_spec(CONFIG, *run, None) for run in runs]
+    before = [C.run_spec(CONFIG, b, r, m, None, seed) for b, r, m, seed in runs]
     for leaf in leaves(CONFIG):
         changed = mutated(CONFIG, leaf)
-        if [C.run_spec(changed, *run, None) for run in runs] != before:
+        if [C.run_spec(changed, b, r, m, None, seed) for b, r, m, seed in runs] != before:
             changing.add(leaf)
     assert {"train.group_size", "backbones.toy.noise_level", "methods.diverse_grpo.creative.beta"} <= changing
     assert {leaf for leaf in changing if not covers(params, leaf)} == set()
@@ -163,6 +163,28 @@ def run(cmd: list[str], cwd: Path, env: dict, timeout: int = 900) -> str:
 
 def git(cwd: Path, *args: str) -> str:
     return run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", *args], cwd, dict(os.environ))
+
+
+def without_lists(tree):
+    return {k: without_lists(v) for k, v in tree.items() if not isinstance(v, list)} if isinstance(tree, dict) else tree
+
+
+def flatten(tree: dict, prefix: str = ""):
+    for k, v in tree.items():
+        key = f"{prefix}/{k}" if prefix else str(k)
+        if isinstance(v, dict):
+            yield from flatten(v, key)
+        else:
+            yield key, v
+
+
+def table_sections(markdown: str) -> dict[str, list[str]]:
+    """split -> the table lines of its Table 1 (the first table of its `## <split> split` section)."""
+    out = {}
+    for section in markdown.split("\n## ")[1:]:
+        table = section.split("\n\n")[1]  # the title, then the table
+        out[section.split(" ", 1)[0]] = [line for line in table.splitlines() if line.startswith("|")]
+    return out
 
 
 def stages_run(out: str) -> list[str]:
@@ -206,20 +228,25 @@ def test_metrics_show_reports_the_table(repro):
     shown = json.loads(run([str(BIN / "dvc"), "metrics", "show", "--json"], work, env))
     # {"": {"data": {"results/report/summary.json": {"data": {...}}}}} (DVC 3)
     metrics = next(iter(shown.values()))["data"]["results/report/summary.json"]["data"]
-    assert metrics == json.loads((work / "results/report/summary.json").read_text())
-    assert metrics and all(isinstance(v, (int, float)) for v in metrics.values())
+    # DVC shows every number of the file and leaves its lists out (the seeds, per_seed, the ratios)
+    assert metrics == without_lists(json.loads((work / "results/report/summary.json").read_text()))
+    flat = dict(flatten(metrics))
+    assert flat and all(isinstance(v, (int, float)) for v in flat.values())
+    means = {k.removesuffix("/mean"): v for k, v in flat.items() if k.endswith("/mean")}
 
-    lines = [line for line in (work / "results/report/table.md").read_text().splitlines() if line.startswith("|")]
-    header = [c.strip() for c in lines[0].strip("|").split("|")]
     names = {h: c for c, h, *_ in report.COLUMNS}
     in_table = {}
-    for line in lines[2:]:
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        key = "/".join(cells[:3])
-        for h, cell in zip(header[3:], cells[3:]):
-            col = names.get(h) or "reward_" + h.rstrip("↑")
-            if cell != "nan":
-                in_table[f"{key}/{col}"] = float(cell.split(" ± ")[0])  # the value; ± its standard error
+    for split, lines in table_sections((work / "results/report/table.md").read_text()).items():
+        header = [c.strip() for c in lines[0].strip("|").split("|")]
+        for line in lines[2:]:
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            key = "/".join([split, *cells[:3]])
+            for h, cell in zip(header[3:], cells[3:]):
+                col = names.get(h) or "reward_" + h.rstrip("↑")
+                if cell != "nan":
+                    in_table[f"{key}/{col}"] = float(cell.split(" ± ")[0])  # the mean; ± its spread
+    assert {k.split("/")[0] for k in in_table} == {"eval", "train"}
+    metrics = means
     assert set(in_table) == set(metrics), (
         f"only in table.md: {sorted(set(in_table) - set(metrics))[:5]}, "
         f"only in dvc metrics: {sorted(set(metrics) - set(in_table))[:5]}"
@@ -269,12 +296,12 @@ def test_new_beta_reruns_only_the_affected_phases_and_jobs(repro):
     assert ("evaluate" in ran_stages) == samples_changed, (ran_stages, samples_changed)
     per_run = {"run_config", "train", "sample", "evaluate"}
     ran = jobs_in_log(out)
-    allowed = {(r, f"toy/{rw}/diverse_grpo") for r in per_run for rw in MATRIX["rewards"]} | {
+    allowed = {(r, f"toy/{rw}/diverse_grpo/0") for r in per_run for rw in MATRIX["rewards"]} | {
         ("report", ""),
         ("all", ""),
     }
     assert set(ran) <= allowed, f"jobs outside diverse_grpo's runs reran: {set(ran) - allowed}"
     for rw in MATRIX["rewards"]:
-        assert ran[("train", f"toy/{rw}/diverse_grpo")] == 1
+        assert ran[("train", f"toy/{rw}/diverse_grpo/0")] == 1
     status = json.loads(run([str(BIN / "dvc"), "status", "--json"], work, env).strip().splitlines()[-1])
     assert status == {}, status

@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 MATRIX = {"runs": {"backbones": ["toy"], "rewards": ["colour"], "methods": ["flow_grpo", "diverse_grpo"]}}
 REPORT = {("report", ""): 1, ("all", ""): 1}
+SEEDS = [0]  # runs.seeds of config/config.yaml, which MATRIX keeps
 
 
 def snakemake(work: Path, *args: str, overlays=()) -> str:
@@ -52,19 +53,25 @@ def full_run(tmp_path_factory):
 
 
 def runs_of(method: str) -> list[str]:
+    """The runs' folders under results/<kind>/ (each holds a seed<seed>/ per seed)."""
     return [f"toy/{r}/{method}" for r in MATRIX["runs"]["rewards"]]
+
+
+def jobs_of(method: str) -> list[str]:
+    """The runs' jobs as jobs_in_log names them: backbone/reward/method/seed (the tiny config's seeds)."""
+    return [f"{run}/{seed}" for run in runs_of(method) for seed in SEEDS]
 
 
 def test_changing_diverse_grpo_beta_reruns_only_its_runs_and_the_report(full_run):
     work, first = full_run
     for method in MATRIX["runs"]["methods"]:
-        assert all(first[("train", run)] == 1 for run in runs_of(method)), f"{method} was not trained: {first}"
+        assert all(first[("train", job)] == 1 for job in jobs_of(method)), f"{method} was not trained: {first}"
     assert snakemake(work, "-n").count("Nothing to be done") == 1, "a finished run must be up to date"
 
     (work / "beta.yaml").write_text(yaml.safe_dump({"methods": {"diverse_grpo": {"creative": {"beta": 2.5}}}}))
     planned = jobs_in_log(snakemake(work, "-n", overlays=["beta.yaml"]))
     per_run = {"train", "sample", "evaluate"} | ({"run_config"} if any(r == "run_config" for r, _ in first) else set())
-    expected = collections.Counter({(rule, run): 1 for run in runs_of("diverse_grpo") for rule in per_run})
+    expected = collections.Counter({(rule, job): 1 for job in jobs_of("diverse_grpo") for rule in per_run})
     expected.update(REPORT)
     assert planned == expected, f"dry run planned {dict(planned)}, expected {dict(expected)}"
 
@@ -110,7 +117,7 @@ def test_a_rollout_setting_retrains_without_pre_training_the_backbone_again(full
     planned = jobs_in_log(snakemake(work, "-n", overlays=[*extra, "noise.yaml"]))
     assert not any(rule == "backbone" for rule, _ in planned), dict(planned)
     for method in MATRIX["runs"]["methods"]:
-        assert all(planned[("train", run)] == 1 for run in runs_of(method)), dict(planned)
+        assert all(planned[("train", job)] == 1 for job in jobs_of(method)), dict(planned)
 
 
 def test_without_snakemake_metadata_the_params_files_decide(full_run):
@@ -123,7 +130,7 @@ def test_without_snakemake_metadata_the_params_files_decide(full_run):
     shutil.rmtree(work / ".snakemake")
     assert jobs_in_log(snakemake(work, "-n", overlays=made_with)) == collections.Counter()
     planned = jobs_in_log(snakemake(work, "-n", overlays=other))
-    expected = collections.Counter({(rule, run): 1 for run in runs_of("diverse_grpo")
+    expected = collections.Counter({(rule, job): 1 for job in jobs_of("diverse_grpo")
                                     for rule in ("run_config", "train", "sample", "evaluate")})
     expected.update(REPORT)
     assert planned == expected, dict(planned)

@@ -24,16 +24,20 @@ from workflow_helpers import copy_repo, jobs_in_log
 
 BIN = Path(sys.executable).parent
 RUNS = [f"toy/{r}/{m}" for r in ("colour", "contrast") for m in ("flow_grpo", "sa_reg", "diverse_grpo")]
+SEED = 0  # the tiny config's one seed (runs.seeds): a directory level of every run's artifacts, a wildcard of its jobs
+JOBS = [f"{run}/{SEED}" for run in RUNS]  # a run's jobs, as jobs_in_log names them (the wildcards' values)
+BASE = f"toy/{SEED}"  # the base model's sample_base / evaluate_base jobs
 REPORT = {("report", ""): 1, ("all", ""): 1}
 # The README's "Stages and artifacts" table, for the tiny config's matrix (toy x 2 rewards x 3 methods)
 ARTIFACTS = {
     "results/captions/train.parquet", "results/captions/eval.parquet",
     *(f"results/backbones/toy/{f}" for f in ("model.safetensors", "config.json", "coverage.parquet",
                                              "pretrain_log.parquet")),
-    *(f"results/runs/{run}/{f}" for run in RUNS for f in ("config.json", "lora/pytorch_lora_weights.safetensors",
-                                                           "log.parquet", "timings.parquet", "curve.parquet")),
-    *(f"results/samples/{run}/images.parquet" for run in [*RUNS, "toy/base"]),
-    *(f"results/metrics/{run}.parquet" for run in [*RUNS, "toy/base"]),
+    *(f"results/runs/{run}/seed{SEED}/{f}" for run in RUNS
+      for f in ("config.json", "lora/pytorch_lora_weights.safetensors", "log.parquet", "timings.parquet",
+                "curve.parquet")),
+    *(f"results/samples/{run}/seed{SEED}/images.parquet" for run in [*RUNS, "toy/base"]),
+    *(f"results/metrics/{run}/seed{SEED}/metrics.parquet" for run in [*RUNS, "toy/base"]),
     *(f"results/report/{f}" for f in ("table.md", "table.tex", "summary.json", "pareto.png",
                                       "pareto.csv", "curves.png", "grids/toy_colour.png", "grids/toy_contrast.png")),
 }
@@ -82,11 +86,11 @@ def test_rule_all_requests_every_artifact(tree):
     ("results/report/grids/toy_contrast.png", REPORT),
     ("results/report/curves.png", REPORT),
     ("results/report/table.tex", REPORT),
-    ("results/runs/toy/colour/diverse_grpo/lora/pytorch_lora_weights.safetensors",
-     {**{(rule, "toy/colour/diverse_grpo"): 1 for rule in ("train", "sample", "evaluate")}, **REPORT}),
+    (f"results/runs/toy/colour/diverse_grpo/seed{SEED}/lora/pytorch_lora_weights.safetensors",
+     {**{(rule, f"toy/colour/diverse_grpo/{SEED}"): 1 for rule in ("train", "sample", "evaluate")}, **REPORT}),
     ("results/backbones/toy/config.json",
-     {("backbone", "toy"): 1, ("sample_base", "toy"): 1, ("evaluate_base", "toy"): 1,
-      **{(rule, run): 1 for run in RUNS for rule in ("train", "sample", "evaluate")}, **REPORT}),
+     {("backbone", "toy"): 1, ("sample_base", BASE): 1, ("evaluate_base", BASE): 1,
+      **{(rule, run): 1 for run in JOBS for rule in ("train", "sample", "evaluate")}, **REPORT}),
 ])
 def test_a_deleted_artifact_is_planned_with_what_depends_on_it(tree, name, jobs):
     path = tree / name
@@ -108,7 +112,7 @@ def overlay(tree: Path, settings: dict) -> str:
 def test_a_changed_hyper_parameter_reruns_its_jobs_without_snakemake_metadata(tree):
     beta = overlay(tree, {"methods": {"diverse_grpo": {"creative": {"beta": 2.5}}}})
     expected = collections.Counter(REPORT)
-    expected.update({(rule, f"toy/{r}/diverse_grpo"): 1 for r in ("colour", "contrast")
+    expected.update({(rule, f"toy/{r}/diverse_grpo/{SEED}"): 1 for r in ("colour", "contrast")
                      for rule in ("run_config", "train", "sample", "evaluate")})
     assert planned(tree, beta) == expected
     assert not (tree / ".snakemake/metadata").exists() or not any((tree / ".snakemake/metadata").iterdir())
@@ -116,23 +120,34 @@ def test_a_changed_hyper_parameter_reruns_its_jobs_without_snakemake_metadata(tr
     assert planned(tree) == collections.Counter()
 
 
+def test_a_new_seed_plans_its_own_jobs_and_keeps_the_others(tree):
+    """runs.seeds [0] -> [0, 1]: every run is trained, sampled and evaluated with seed 1 and the base model sampled
+    with it; the report aggregates them; nothing of seed 0 reruns. And back: nothing to do."""
+    more = overlay(tree, {"runs": {"seeds": [SEED, 1]}})
+    expected = collections.Counter(REPORT)
+    expected.update({(rule, f"{run}/1"): 1 for run in RUNS for rule in ("run_config", "train", "sample", "evaluate")})
+    expected.update({("sample_base", "toy/1"): 1, ("evaluate_base", "toy/1"): 1})
+    assert planned(tree, more) == expected
+    assert planned(tree) == collections.Counter()
+
+
 SETTINGS = {
     "report": ({"report": {"grid_images": 2}}, REPORT),
     "sample": ({"sample": {"images_per_prompt": 8}},
-               {("sample_base", "toy"): 1, ("evaluate_base", "toy"): 1,
-                **{(rule, run): 1 for run in RUNS for rule in ("sample", "evaluate")}, **REPORT}),
+               {("sample_base", BASE): 1, ("evaluate_base", BASE): 1,
+                **{(rule, run): 1 for run in JOBS for rule in ("sample", "evaluate")}, **REPORT}),
     # features are in every run's config.json too; evaluate_base reruns by its own params file alone
     "evaluate": ({"features": {"kind": "toy", "fid": {"kind": "toy"}}},
-                 {("evaluate_base", "toy"): 1,
-                  **{(rule, run): 1 for run in RUNS for rule in ("run_config", "train", "sample", "evaluate")},
+                 {("evaluate_base", BASE): 1,
+                  **{(rule, run): 1 for run in JOBS for rule in ("run_config", "train", "sample", "evaluate")},
                   **REPORT}),
     "backbone": ({"backbones": {"toy": {"model": {"pretrain_lr": 3e-3}}}},
-                 {("backbone", "toy"): 1, ("sample_base", "toy"): 1, ("evaluate_base", "toy"): 1,
-                  **{(rule, run): 1 for run in RUNS for rule in ("run_config", "train", "sample", "evaluate")},
+                 {("backbone", "toy"): 1, ("sample_base", BASE): 1, ("evaluate_base", BASE): 1,
+                  **{(rule, run): 1 for run in JOBS for rule in ("run_config", "train", "sample", "evaluate")},
                   **REPORT}),
     "captions": ({"captions": {"eval_fraction": 0.5}},
-                 {("captions", ""): 1, ("backbone", "toy"): 0, ("sample_base", "toy"): 1, ("evaluate_base", "toy"): 1,
-                  **{(rule, run): 1 for run in RUNS for rule in ("run_config", "train", "sample", "evaluate")},
+                 {("captions", ""): 1, ("backbone", "toy"): 0, ("sample_base", BASE): 1, ("evaluate_base", BASE): 1,
+                  **{(rule, run): 1 for run in JOBS for rule in ("run_config", "train", "sample", "evaluate")},
                   **REPORT}),
 }
 

@@ -86,6 +86,11 @@ def _jobs_in_log(text: str) -> list[tuple[str, str, bool]]:
     return [tuple(j) for j in jobs]
 
 
+def _wildcards_of(parts) -> str:
+    """The wildcards joined as in _comment, from a path's parts: seed<seed> folders and files are the seed's."""
+    return "_".join(p.removeprefix("seed") if p.startswith("seed") else p for p in parts)
+
+
 def _comment(rule: str, wildcards: str) -> str:
     return f"rule_{rule}" + (f"_wildcards_{wildcards}" if wildcards else "")
 
@@ -177,14 +182,14 @@ def test_every_stage_runs_as_a_slurm_job_and_forcerun_resubmits_one_run(cluster,
 
     # --- force one training run: exactly it and its downstream jobs are redone --------------------------
     trains = sorted(w for r, w, _ in ran if r == "train")
-    target_wc = next((w for w in trains if w.endswith("diverse_grpo")), trains[0])
+    target_wc = next((w for w in trains if w.endswith("diverse_grpo_0")), trains[0])  # backbone_reward_method_seed
     runs_dir = work / "results/runs"
     train_log = [p for p in runs_dir.rglob("log.parquet")
-                 if "_".join(p.parent.relative_to(runs_dir).parts) == target_wc]
+                 if _wildcards_of(p.parent.relative_to(runs_dir).parts) == target_wc]
     assert len(train_log) == 1, f"train output of {target_wc} not found"
     target = train_log[0].relative_to(work)
     others = {p: p.stat().st_mtime_ns for p in (work / "results").rglob("*")
-              if p.is_file() and target_wc not in "_".join(p.relative_to(work / "results").parts)
+              if p.is_file() and target_wc not in _wildcards_of(p.relative_to(work / "results").parts)
               and not p.relative_to(work / "results").parts[0] == "report"}
 
     second = _snakemake(work, env, "--forcerun", str(target))
@@ -209,7 +214,8 @@ def test_every_stage_runs_as_a_slurm_job_and_forcerun_resubmits_one_run(cluster,
 # One run whose training needs longer than the train job's time limit (1 minute, SLURM's smallest).
 TIME_LIMIT_MATRIX = {"runs": {"backbones": ["toy"], "rewards": ["colour"], "methods": ["diverse_grpo"]}}
 RUN = ("toy", "colour", "diverse_grpo")
-TRAIN_COMMENT = _comment("train", "_".join(RUN))
+SEED = 0  # config/config.yaml's runs.seeds, which TIME_LIMIT_MATRIX keeps
+TRAIN_COMMENT = _comment("train", "_".join([*RUN, str(SEED)]))
 # slurmctld enforces time limits every 30 s (PERIODIC_TIMEOUT), so a 1-minute job is killed 60-90 s after
 # it starts. The run is sized to TRAIN_SECONDS of timed training work on this machine (measured first;
 # the job's wall time is ~1.2x that plus ~8 s of start-up), so that the first job cannot finish in 90 s
@@ -251,7 +257,7 @@ def test_a_train_job_past_its_time_limit_is_resubmitted_and_resumes(cluster, tmp
     (work / "matrix.yaml").write_text(yaml.safe_dump(TIME_LIMIT_MATRIX))
     overlay = work / "long_train.yaml"
     configs = ["config/tiny.yaml", "matrix.yaml", overlay.name]
-    run_config = work / "results/runs" / Path(*RUN) / "config.json"
+    run_config = work / "results/runs" / Path(*RUN) / f"seed{SEED}" / "config.json"
 
     # --- locally: captions, the toy backbone and the run's config; then the run's speed here ------------
     overlay.write_text(yaml.safe_dump(_long_train(CALIBRATION_ITERATIONS)))
@@ -303,7 +309,7 @@ def test_a_train_job_past_its_time_limit_is_resubmitted_and_resumes(cluster, tmp
     assert finished == 1, f"the train job was reported finished {finished} times (timed-out submissions must not be)"
 
     # --- the last submission resumed from a checkpoint, and ended where the uninterrupted run did ---------
-    train_log = (work / "logs/train" / Path(*RUN)).with_suffix(".log").read_text()
+    train_log = (work / "logs/train" / Path(*RUN) / f"seed{SEED}.log").read_text()
     resumed = [int(k) for k in RESUMED.findall(train_log)]
     assert len(resumed) == 1 and 0 < resumed[0] < iterations, f"the last train job did not resume:\n{train_log[-3000:]}"
     out = run_config.parent

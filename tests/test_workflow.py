@@ -1,5 +1,6 @@
 """The whole DAG on config/tiny.yaml in a copy of the repository: every stage runs, every artifact has
-the schema the next stage reads, and a second invocation has nothing to do."""
+the schema the next stage reads, and a second invocation has nothing to do. A second run of the tiny config
+with two seeds (1 reward x 2 methods) checks the per-seed artifacts and the report's aggregation over seeds."""
 
 import json
 import subprocess
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from safetensors.torch import load_file
 
 from workflow_helpers import copy_repo
@@ -15,6 +17,7 @@ from workflow_helpers import copy_repo
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 RUNS = [(r, m) for r in ("colour", "contrast") for m in ("flow_grpo", "sa_reg", "diverse_grpo")]
+TINY = yaml.safe_load((REPO / "config/tiny.yaml").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +40,7 @@ def test_captions_split_without_overlap(tiny_run):
 @pytest.mark.slow
 def test_every_run_wrote_a_lora_log_and_curve(tiny_run):
     for reward, method in RUNS:
-        run = tiny_run / f"results/runs/toy/{reward}/{method}"
+        run = tiny_run / f"results/runs/toy/{reward}/{method}/seed0"
         lora = load_file(str(run / "lora/pytorch_lora_weights.safetensors"))
         assert lora and all("lora_" in k and k.startswith("transformer.") for k in lora)
         log = pd.read_parquet(run / "log.parquet")
@@ -59,31 +62,56 @@ def test_every_run_wrote_a_lora_log_and_curve(tiny_run):
 
 @pytest.mark.slow
 def test_samples_share_prompts_and_seeds_and_carry_every_reward(tiny_run):
-    base = pd.read_parquet(tiny_run / "results/samples/toy/base/images.parquet")
+    base = pd.read_parquet(tiny_run / "results/samples/toy/base/seed0/images.parquet")
     for reward, method in RUNS:
-        run = pd.read_parquet(tiny_run / f"results/samples/toy/{reward}/{method}/images.parquet")
-        assert {"prompt_id", "prompt", "index", "seed", "image", "reward_colour", "reward_contrast"} <= set(run)
-        assert run[["prompt_id", "index", "seed"]].equals(base[["prompt_id", "index", "seed"]])
+        run = pd.read_parquet(tiny_run / f"results/samples/toy/{reward}/{method}/seed0/images.parquet")
+        assert {"split", "prompt_id", "prompt", "index", "seed", "image", "reward_colour", "reward_contrast"} <= set(
+            run)
+        assert run[["split", "prompt_id", "index", "seed"]].equals(base[["split", "prompt_id", "index", "seed"]])
         assert run.image.map(lambda b: b[:8] == b"\x89PNG\r\n\x1a\n").all()
 
 
 @pytest.mark.slow
+def test_samples_hold_both_splits_first_prompts_in_file_order(tiny_run):
+    """The held-out captions (as before) then the training ones, at most sample.max_prompts of each, in one file."""
+    samples = pd.read_parquet(tiny_run / "results/samples/toy/colour/diverse_grpo/seed0/images.parquet")
+    assert list(dict.fromkeys(samples.split)) == ["eval", "train"]
+    per_prompt = TINY["sample"]["images_per_prompt"]
+    for split in ("eval", "train"):
+        captions = pd.read_parquet(tiny_run / f"results/captions/{split}.parquet").head(TINY["sample"]["max_prompts"])
+        mine = samples[samples.split == split]
+        assert mine.prompt.tolist() == [p for p in captions.prompt for _ in range(per_prompt)]
+        assert mine["index"].tolist() == list(range(per_prompt)) * len(captions)
+    assert (samples.seed == 0).all()
+
+
+@pytest.mark.slow
 def test_metrics_and_report(tiny_run):
-    metrics = pd.read_parquet(tiny_run / "results/metrics/toy/colour/diverse_grpo.parquet")
+    metrics = pd.read_parquet(tiny_run / "results/metrics/toy/colour/diverse_grpo/seed0/metrics.parquet")
+    assert set(metrics.split) == {"eval", "train"} and (metrics.seed == 0).all()
+    assert set(metrics[metrics.scope == "prompt"].groupby("split").prompt.nunique()) == {TINY["sample"]["max_prompts"]}
+    metrics = metrics[metrics.split == "eval"]
     overall = metrics[metrics.scope == "overall"].set_index("metric").value
     for name in ("diversity", "ssim_diversity", "fd_base", "irs_base", "fd_world", "mode_entropy", "mode_coverage",
                  "reward_colour"):
         assert name in overall.index
     errors = metrics[metrics.scope == "overall_se"].set_index("metric").value
     assert {"diversity", "mode_entropy", "valid_share", "reward_colour"} <= set(errors.index) and (errors >= 0).all()
-    base = pd.read_parquet(tiny_run / "results/metrics/toy/base.parquet")
-    base_overall = base[base.scope == "overall"].set_index("metric").value
-    assert abs(base_overall["fd_base"]) < 1e-6 and base_overall["irs_base"] > 0
+    base = pd.read_parquet(tiny_run / "results/metrics/toy/base/seed0/metrics.parquet")
+    for split in ("eval", "train"):
+        base_overall = base[(base.scope == "overall") & (base.split == split)].set_index("metric").value
+        assert abs(base_overall["fd_base"]) < 1e-6 and base_overall["irs_base"] > 0
     table = (tiny_run / "results/report/table.md").read_text()
-    assert all(m in table for m in ("base", "flow_grpo", "sa_reg", "diverse_grpo"))
-    assert f"{overall['diversity']:.4f} ± {errors['diversity']:.4f}" in table
+    eval_section, train_section = table.split("## train split", 1)
+    assert "## eval split" in eval_section and "bootstrap standard error" in eval_section
+    assert all(m in section for m in ("base", "flow_grpo", "sa_reg", "diverse_grpo")
+               for section in (eval_section, train_section))
+    assert f"{overall['diversity']:.4f} ± {errors['diversity']:.4f}" in eval_section  # one seed: ± its bootstrap error
     summary = json.loads((tiny_run / "results/report/summary.json").read_text())
-    assert summary["toy/colour/diverse_grpo/diversity"] == pytest.approx(overall["diversity"], abs=1e-6)
+    entry = summary["eval"]["toy"]["colour"]["diverse_grpo"]["diversity"]
+    assert entry["mean"] == pytest.approx(overall["diversity"], abs=1e-6)
+    assert entry["spread"] == pytest.approx(errors["diversity"], abs=1e-6) and entry["per_seed"] == [entry["mean"]]
+    assert summary["seeds"] == [0] and set(summary["ratios"]) == {"eval", "train"}
     for name in ("pareto.png", "curves.png", "grids/toy_colour.png", "grids/toy_contrast.png", "table.tex",
                  "pareto.csv"):
         assert (tiny_run / "results/report" / name).stat().st_size > 0
@@ -130,3 +158,96 @@ def test_snakemake_report_is_one_self_contained_html_file(tiny_run):
     text = " ".join(page.replace("\\n", " ").split())  # the description is a JavaScript string
     assert first_line(REPO / "workflow/report/workflow.rst") in text
     assert "Run matrix: backbones toy x rewards colour, contrast x methods flow_grpo, sa_reg, diverse_grpo" in text
+
+
+# ----- two seeds: 1 reward x 2 methods, so that the ratios exist and the run stays as short as the one above -----
+SEEDS = [0, 1]
+SEED_MATRIX = {"runs": {"rewards": ["colour"], "methods": ["flow_grpo", "diverse_grpo"], "seeds": SEEDS}}
+SPLITS = ("eval", "train")
+
+
+@pytest.fixture(scope="module")
+def seeds_run(tmp_path_factory):
+    repo = copy_repo(tmp_path_factory.mktemp("seeds") / "repo")
+    (repo / "seeds.yaml").write_text(yaml.safe_dump(SEED_MATRIX))
+    cmd = SNAKEMAKE + ["--cores", "2", "--configfile", "config/tiny.yaml", "seeds.yaml", "-q"]
+    done = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return repo
+
+
+def overall(repo: Path, run: str, seed: int, split: str, scope: str = "overall") -> pd.Series:
+    metrics = pd.read_parquet(repo / f"results/metrics/toy/{run}/seed{seed}/metrics.parquet")
+    assert (metrics.seed == seed).all() and set(metrics.split) == set(SPLITS)
+    return metrics[(metrics.scope == scope) & (metrics.split == split)].set_index("metric").value
+
+
+@pytest.mark.slow
+def test_each_seed_trains_its_own_runs_and_draws_its_own_images(seeds_run):
+    results = seeds_run / "results"
+    loras, images = {}, {}
+    for method in ("flow_grpo", "diverse_grpo"):
+        for seed in SEEDS:
+            run = results / f"runs/toy/colour/{method}/seed{seed}"
+            assert json.loads((run / "config.json").read_text())["seed"] == seed
+            loras[method, seed] = (run / "lora/pytorch_lora_weights.safetensors").read_bytes()
+            samples = pd.read_parquet(results / f"samples/toy/colour/{method}/seed{seed}/images.parquet")
+            assert (samples.seed == seed).all() and list(dict.fromkeys(samples.split)) == list(SPLITS)
+            images[method, seed] = samples.image.tolist()
+    for seed in SEEDS:
+        base = pd.read_parquet(results / f"samples/toy/base/seed{seed}/images.parquet")
+        assert (base.seed == seed).all() and list(dict.fromkeys(base.split)) == list(SPLITS)
+        images["base", seed] = base.image.tolist()
+    for method in ("flow_grpo", "diverse_grpo", "base"):
+        assert images[method, 0] != images[method, 1], f"{method}: seed 1 drew seed 0's images"
+    assert loras["flow_grpo", 0] != loras["flow_grpo", 1]
+    assert not (results / "runs/toy/colour/flow_grpo/lora").exists()  # no run outside a seed's folder
+
+
+@pytest.mark.slow
+def test_summary_aggregates_the_per_seed_metrics_files(seeds_run):
+    import numpy as np
+
+    summary = json.loads((seeds_run / "results/report/summary.json").read_text())
+    assert summary["seeds"] == SEEDS
+    for split in SPLITS:
+        for run, method in (("colour/flow_grpo", "flow_grpo"), ("colour/diverse_grpo", "diverse_grpo"),
+                            ("base", "base")):
+            per_seed = [overall(seeds_run, run, s, split) for s in SEEDS]
+            for metric in ("diversity", "mode_entropy", "valid_share", "reward_colour", "fd_base"):
+                values = [float(p[metric]) for p in per_seed]
+                entry = summary[split]["toy"]["colour"][method][metric]
+                assert entry["per_seed"] == pytest.approx(values, abs=1e-6)
+                assert entry["mean"] == pytest.approx(np.mean(values), abs=1e-6)
+                assert entry["spread"] == pytest.approx(np.std(values, ddof=1), abs=1e-6)  # two seeds: their std
+        ratios = summary["ratios"][split]["toy"]["colour"]
+        assert [r["seed"] for r in ratios] == SEEDS
+        for r in ratios:
+            mine, theirs = (overall(seeds_run, f"colour/{m}", r["seed"], split) for m in ("diverse_grpo", "flow_grpo"))
+            for name, metric in (("diversity", "diversity"), ("reward", "reward_colour"),
+                                 ("mode_entropy", "mode_entropy")):
+                if theirs[metric] != 0:
+                    assert r[name] == pytest.approx(mine[metric] / theirs[metric], rel=1e-5, abs=1e-6)
+                else:
+                    assert r[name] is None
+
+
+@pytest.mark.slow
+def test_table_1_has_both_splits_with_mean_and_spread_over_seeds(seeds_run):
+    import numpy as np
+
+    table = (seeds_run / "results/report/table.md").read_text()
+    assert "Mean over the 2 seeds 0, 1 ± the sample standard deviation over seeds." in table
+    sections = table.split("\n## ")[1:]
+    assert [s.split(" ", 1)[0] for s in sections] == list(SPLITS)
+    for split, section in zip(SPLITS, sections):
+        values = [float(overall(seeds_run, "colour/diverse_grpo", s, split)["diversity"]) for s in SEEDS]
+        assert f"| toy | colour | diverse_grpo | {np.mean(values):.4f} ± {np.std(values, ddof=1):.4f} |" in section
+        assert "DiverseGRPO / Flow-GRPO per seed" in section and "| toy | colour | 1 |" in section
+    tex = (seeds_run / "results/report/table.tex").read_text()
+    assert r"\emph{eval split (held-out captions)}" in tex and r"\emph{train split (training captions)}" in tex
+    assert tex.count(r"\begin{tabular}") == tex.count(r"\end{tabular}") == 2
+    pareto = pd.read_csv(seeds_run / "results/report/pareto.csv")
+    assert sorted(set(pareto.seed)) == SEEDS
+    for name in ("pareto.png", "curves.png", "grids/toy_colour.png"):
+        assert (seeds_run / "results/report" / name).stat().st_size > 0

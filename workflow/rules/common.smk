@@ -48,7 +48,8 @@ RESULTS = "results"
 # The interpreter running Snakemake (the project's venv), whatever PATH says; under
 # `--software-deployment-method conda` a job runs inside the rule's env, whose `python` is on PATH.
 PYTHON = "python" if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method else sys.executable
-RUNS = cfg.run_matrix(config)
+RUNS = cfg.run_matrix(config)  # (backbone, reward, method, seed)
+SEEDS = config["runs"]["seeds"]
 TOY = {b for b in config["runs"]["backbones"] if config["backbones"][b]["kind"] == "toy"}
 # Snakemake tracks scripts, not the package they call: a package version bump reruns every stage.
 PACKAGE = ["src/diversegrpo/__init__.py"]
@@ -65,6 +66,7 @@ wildcard_constraints:
     backbone="[A-Za-z0-9_.-]+",
     reward="[A-Za-z0-9_.-]+",
     method="[A-Za-z0-9_.-]+",
+    seed="0|[1-9][0-9]*",  # one spelling per seed: seed07 is no path of seed 7
 
 
 def backbone_dir(backbone):
@@ -82,11 +84,30 @@ def backbone_spec(backbone):
 
 
 def run_spec(wildcards):
-    return cfg.run_spec(config, wildcards.backbone, wildcards.reward, wildcards.method, backbone_dir(wildcards.backbone))
+    return cfg.run_spec(config, wildcards.backbone, wildcards.reward, wildcards.method, backbone_dir(wildcards.backbone),
+                        int(wildcards.seed))
 
 
-def run_path(b, r, m):
-    return f"{RESULTS}/runs/{b}/{r}/{m}"
+# One path scheme for every per-run artifact: <kind>/{backbone}/{reward}/{method}/seed{seed}/, and the untrained
+# base model's <kind>/{backbone}/base/seed{seed}/ (each seed draws its own evaluation images).
+def run_path(b, r, m, s):
+    return f"{RESULTS}/runs/{b}/{r}/{m}/seed{s}"
+
+
+def samples_path(b, r, m, s):
+    return f"{RESULTS}/samples/{b}/{r}/{m}/seed{s}/images.parquet"
+
+
+def base_samples_path(b, s):
+    return f"{RESULTS}/samples/{b}/base/seed{s}/images.parquet"
+
+
+def metrics_path(b, r, m, s):
+    return f"{RESULTS}/metrics/{b}/{r}/{m}/seed{s}/metrics.parquet"
+
+
+def base_metrics_path(b, s):
+    return f"{RESULTS}/metrics/{b}/base/seed{s}/metrics.parquet"
 
 
 def _check_run_configs():
@@ -135,8 +156,9 @@ def all_targets(wildcards=None):
         *rule_outputs("captions"),
         *(f for b in backbones if b in TOY for f in rule_outputs("backbone", backbone=b)),
         *(f for run in RUNS for name in ("run_config", "train", "sample", "evaluate")
-          for f in rule_outputs(name, **dict(zip(("backbone", "reward", "method"), run)))),
-        *(f for b in backbones for name in ("sample_base", "evaluate_base") for f in rule_outputs(name, backbone=b)),
+          for f in rule_outputs(name, **dict(zip(("backbone", "reward", "method", "seed"), run)))),
+        *(f for b in backbones for s in SEEDS for name in ("sample_base", "evaluate_base")
+          for f in rule_outputs(name, backbone=b, seed=s)),
         *rule_outputs("report"),
     ]
 
@@ -148,7 +170,8 @@ def tracked_params(rule, settings):
     while it marks a change; a file the outputs are trusted to match is left out (params.smk)."""
 
     def params_input(wildcards):
-        path = os.path.join(f"{RESULTS}/params", rule, *wildcards) + ".json"
+        parts = [f"seed{v}" if k == "seed" else v for k, v in wildcards.items()]  # as in the artifacts' paths
+        path = os.path.join(f"{RESULTS}/params", rule, *parts) + ".json"
         outputs = rule_outputs(rule, **dict(wildcards.items()))
         return [path] if sync_params_file(path, settings(wildcards), outputs) else []
 
@@ -197,22 +220,23 @@ def report_params(wildcards=None):
     return {"runs": RUNS, "backbones": config["runs"]["backbones"], "report": config["report"]}
 
 
-# Evaluation images: the same prompts and seeds for every run and for the untrained base.
+# Evaluation images of both caption splits: the same prompts and seeds for every run and for the untrained base;
+# each replicate seed draws its own.
 def sample_params(wildcards):
     return {
         "backbone": backbone_spec(wildcards.backbone),
         "rewards": {r: config["rewards"][r] for r in config["runs"]["rewards"]},
         "sample": config["sample"],
-        "seed": config["seed"],
+        "seed": int(wildcards.seed),
         "device": config["device"],
         "torch_threads": config["torch_threads"],
     }
 
 
 # Metrics of one run's samples against the base run's (the reference for Frechet distance and IRS).
-def evaluate_params(backbone, reward, method):
+def evaluate_params(backbone, reward, method, seed):
     return {
         "features": config["features"],
         "toy_world": config["backbones"][backbone]["kind"] == "toy",
-        "labels": {"backbone": backbone, "reward": reward, "method": method},
+        "labels": {"backbone": backbone, "reward": reward, "method": method, "seed": int(seed)},
     }

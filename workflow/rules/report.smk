@@ -1,16 +1,18 @@
-# The paper's tables, Pareto plots, training curves and image grids. The report() flags put them, with
-# the captions under workflow/report/, into `snakemake --report report.html` (a self-contained HTML file).
-PAIRS = list(dict.fromkeys((b, r) for b, r, _ in RUNS))
+# The paper's tables, Pareto plots, training curves and image grids, aggregated over the replicate seeds. The
+# report() flags put them, with the captions under workflow/report/, into `snakemake --report report.html` (a
+# self-contained HTML file).
+PAIRS = list(dict.fromkeys((b, r) for b, r, _, _ in RUNS))
+GRID_SEED = SEEDS[0]  # the image grids show the first seed's images
 
 
 rule report:
     input:
-        metrics=[f"{RESULTS}/metrics/{b}/{r}/{m}.parquet" for b, r, m in RUNS]
-        + [f"{RESULTS}/metrics/{b}/base.parquet" for b in config["runs"]["backbones"]],
+        metrics=[metrics_path(*run) for run in RUNS]
+        + [base_metrics_path(b, s) for b in config["runs"]["backbones"] for s in SEEDS],
         logs=[f"{run_path(*run)}/log.parquet" for run in RUNS],
         curves=[f"{run_path(*run)}/curve.parquet" for run in RUNS],
-        samples=[f"{RESULTS}/samples/{b}/{r}/{m}/images.parquet" for b, r, m in RUNS],
-        base_samples=[f"{RESULTS}/samples/{b}/base/images.parquet" for b in config["runs"]["backbones"]],
+        samples=[samples_path(b, r, m, s) for b, r, m, s in RUNS if s == GRID_SEED],
+        base_samples=[base_samples_path(b, GRID_SEED) for b in config["runs"]["backbones"]],
         package=PACKAGE,
         settings=tracked_params("report", report_params),
     output:
@@ -32,7 +34,9 @@ rule report:
     params:
         runs=RUNS,
         run_dirs=[run_path(*run) for run in RUNS],
-        base_samples={b: f"{RESULTS}/samples/{b}/base/images.parquet" for b in config["runs"]["backbones"]},
+        grid_runs=[run[:3] for run in RUNS if run[3] == GRID_SEED],
+        base_samples={b: base_samples_path(b, GRID_SEED) for b in config["runs"]["backbones"]},
+        seeds=SEEDS,
         report=config["report"],
     log:
         "logs/report.log",

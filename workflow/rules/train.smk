@@ -1,16 +1,16 @@
-# One GRPO run per backbone x reward x method. Its resolved settings are written to config.json
-# first: a changed hyper-parameter changes exactly the runs it belongs to, and nothing else.
+# One GRPO run per backbone x reward x method x seed (runs.seeds: training replicates). Its resolved settings
+# are written to config.json first: a changed hyper-parameter changes exactly the runs it belongs to.
 rule run_config:
     input:
         train=rules.captions.output.train,
         eval=rules.captions.output.eval,
         settings=tracked_params("run_config", run_spec),
     output:
-        f"{RESULTS}/runs/{{backbone}}/{{reward}}/{{method}}/config.json",
+        f"{RESULTS}/runs/{{backbone}}/{{reward}}/{{method}}/seed{{seed}}/config.json",
     params:
         spec=run_spec,
     log:
-        "logs/run_config/{backbone}/{reward}/{method}.log",
+        "logs/run_config/{backbone}/{reward}/{method}/seed{seed}.log",
     conda:
         "../envs/diversegrpo.yaml"
     script:
@@ -25,17 +25,17 @@ rule train:
         backbone=backbone_inputs,
         package=PACKAGE,
     output:
-        lora=f"{RESULTS}/runs/{{backbone}}/{{reward}}/{{method}}/lora/pytorch_lora_weights.safetensors",
-        log=f"{RESULTS}/runs/{{backbone}}/{{reward}}/{{method}}/log.parquet",
-        curve=f"{RESULTS}/runs/{{backbone}}/{{reward}}/{{method}}/curve.parquet",
-        timings=f"{RESULTS}/runs/{{backbone}}/{{reward}}/{{method}}/timings.parquet",
+        lora=f"{RESULTS}/runs/{{backbone}}/{{reward}}/{{method}}/seed{{seed}}/lora/pytorch_lora_weights.safetensors",
+        log=f"{RESULTS}/runs/{{backbone}}/{{reward}}/{{method}}/seed{{seed}}/log.parquet",
+        curve=f"{RESULTS}/runs/{{backbone}}/{{reward}}/{{method}}/seed{{seed}}/curve.parquet",
+        timings=f"{RESULTS}/runs/{{backbone}}/{{reward}}/{{method}}/seed{{seed}}/timings.parquet",
     params:
-        out=lambda w: run_path(w.backbone, w.reward, w.method),
+        out=lambda w: run_path(w.backbone, w.reward, w.method, w.seed),
         launch=lambda w: TrainLauncher(train_processes(w.method)),
     log:
-        "logs/train/{backbone}/{reward}/{method}.log",
+        "logs/train/{backbone}/{reward}/{method}/seed{seed}.log",
     benchmark:
-        "benchmarks/stages/train/{backbone}/{reward}/{method}.tsv"
+        "benchmarks/stages/train/{backbone}/{reward}/{method}/seed{seed}.tsv"
     conda:
         "../envs/diversegrpo.yaml"
     shell:
