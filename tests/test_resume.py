@@ -165,7 +165,7 @@ def test_resume_from_same_config(toy_backbone, tmp_path, capfd):
 
 
 @pytest.mark.parametrize("change", [
-    {"train": {"lr": 1e-3}},
+    {"train": {"lr": 7.5e-4}},  # a rate no config uses
     {"method": {"reg_weight": 7.5}},  # a weight no config uses
     {"seed": 1},
     {"train_prompts": ["a red square", "a red disc"]},
