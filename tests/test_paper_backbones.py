@@ -331,8 +331,6 @@ def test_hub_ids_resolve_from_the_hf_cache_only(tmp_path, monkeypatch):
 
 
 def test_paper_config_is_valid_and_lists_its_models():
-    import yaml
-
     from diversegrpo import config
     from diversegrpo.weights import missing_models
 
