@@ -26,7 +26,7 @@ from workflow_helpers import copy_repo, jobs_in_log
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 # the full run is cut to 1 reward x {flow_grpo, diverse_grpo} to stay short
-MATRIX = {"backbones": ["toy"], "rewards": ["colour"], "methods": ["flow_grpo", "diverse_grpo"]}
+MATRIX = {"backbones": ["toy"], "rewards": ["colour"], "methods": ["flow_grpo", "diverse_grpo"], "seeds": [0]}
 PHASES = ["captions", "backbone", "train", "sample", "evaluate", "report"]
 
 
@@ -165,8 +165,13 @@ def git(cwd: Path, *args: str) -> str:
     return run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", *args], cwd, dict(os.environ))
 
 
-def without_lists(tree):
-    return {k: without_lists(v) for k, v in tree.items() if not isinstance(v, list)} if isinstance(tree, dict) else tree
+def numbers_only(tree):
+    """What `dvc metrics show` keeps of a metrics file: its numbers (lists, nulls and what holds only those are
+    left out)."""
+    if not isinstance(tree, dict):
+        return tree
+    kept = {k: numbers_only(v) for k, v in tree.items() if v is not None and not isinstance(v, list)}
+    return {k: v for k, v in kept.items() if v != {}}
 
 
 def flatten(tree: dict, prefix: str = ""):
@@ -228,8 +233,8 @@ def test_metrics_show_reports_the_table(repro):
     shown = json.loads(run([str(BIN / "dvc"), "metrics", "show", "--json"], work, env))
     # {"": {"data": {"results/report/summary.json": {"data": {...}}}}} (DVC 3)
     metrics = next(iter(shown.values()))["data"]["results/report/summary.json"]["data"]
-    # DVC shows every number of the file and leaves its lists out (the seeds, per_seed, the ratios)
-    assert metrics == without_lists(json.loads((work / "results/report/summary.json").read_text()))
+    # DVC shows every number of the file, not its lists (the seeds, per_seed, the ratios) or nulls
+    assert metrics == numbers_only(json.loads((work / "results/report/summary.json").read_text()))
     flat = dict(flatten(metrics))
     assert flat and all(isinstance(v, (int, float)) for v in flat.values())
     means = {k.removesuffix("/mean"): v for k, v in flat.items() if k.endswith("/mean")}
