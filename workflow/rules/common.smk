@@ -239,4 +239,5 @@ def evaluate_params(backbone, reward, method, seed):
         "features": config["features"],
         "toy_world": config["backbones"][backbone]["kind"] == "toy",
         "labels": {"backbone": backbone, "reward": reward, "method": method, "seed": int(seed)},
+        "torch_threads": config["torch_threads"],
     }

@@ -21,10 +21,14 @@ def load_images(table: pd.DataFrame) -> torch.Tensor:
 
 
 def evaluate_stage(
-    samples: str, base_samples: str, features_spec: dict, toy_world: bool, labels: dict, out: str
+    samples: str, base_samples: str, features_spec: dict, toy_world: bool, labels: dict, out: str,
+    torch_threads: int | None = None,
 ) -> None:
     """Every metric per caption split of the samples (their `split` column: each row of the output carries
-    it), each against the base run's images of the same split."""
+    it), each against the base run's images of the same split. `torch_threads`: intra-op threads (None:
+    torch's default); Snakemake runs one evaluate job per core."""
+    if torch_threads:
+        torch.set_num_threads(torch_threads)
     embed = build_features(features_spec)
     run = read_parquet(samples, "samples", "sample")
     images = load_images(run)
@@ -37,8 +41,9 @@ def evaluate_stage(
     long = []
     for split in dict.fromkeys(run.split):
         mine, theirs = (run.split == split).to_numpy(), (base.split == split).to_numpy()
-        long += _split_metrics(run[mine].reset_index(drop=True), images[mine], emb[mine],
-                               base[theirs].reset_index(drop=True), base_emb[theirs], embed, toy_world,
+        mine_t, theirs_t = torch.from_numpy(mine.copy()), torch.from_numpy(theirs.copy())
+        long += _split_metrics(run[mine].reset_index(drop=True), images[mine_t], emb[mine_t],
+                               base[theirs].reset_index(drop=True), base_emb[theirs_t], embed, toy_world,
                                {**labels, "split": split})
     write_parquet(pd.DataFrame(long), out)
 
