@@ -143,7 +143,7 @@ BAD_CONFIGS = [
     ("runs equal but for case", {"rewards": {"Colour": {"kind": "toy_colour"}}, "runs": {"rewards": ["colour", "Colour"]}}, "runs.rewards: 'colour' and 'Colour' differ only in case"),
     ("two pairs, one grid file", {"backbones": {"toy_a": {"kind": "toy", "train_steps": 6, "eval_steps": 16, "guidance_scale": 1.0, "noise_level": 0.9, "lora": {"rank": 8, "alpha": 16}}}, "rewards": {"b": {"kind": "toy_colour"}, "a_b": {"kind": "toy_contrast"}}, "runs": {"backbones": ["toy", "toy_a"], "rewards": ["a_b", "b"]}}, "runs: backbone 'toy' x reward 'a_b' and backbone 'toy_a' x reward 'b' both make the report grid 'toy_a_b.png'"),
     ("paper backbone without weights", {"backbones": {"sd3": {**SD3, "model": ""}}, "runs": {"backbones": ["sd3"]}}, "backbones.sd3.model: a local directory or Hugging Face id is required for kind 'sd3'"),
-    ("grid wider than the samples", {"report": {"grid_images": 17}}, "report.grid_images: 17 exceeds sample.images_per_prompt 16"),
+    ("grid wider than the samples", {"sample": {"images_per_prompt": 16}, "report": {"grid_images": 17}}, "report.grid_images: 17 exceeds sample.images_per_prompt 16"),
     ("grid taller than the prompts", {"report": {"grid_prompts": 5}}, "report.grid_prompts: 5 exceeds the 4 sampled evaluation prompts"),
     ("empty run list", {"runs": {"methods": []}}, "runs.methods: [] should be non-empty"),
     ("negative seed", {"seed": -1}, "seed: -1 is less than the minimum of 0"),
