@@ -9,16 +9,16 @@ rule backbone:
         config=f"{RESULTS}/backbones/{{backbone}}/config.json",
         coverage=f"{RESULTS}/backbones/{{backbone}}/coverage.parquet",
         log=f"{RESULTS}/backbones/{{backbone}}/pretrain_log.parquet",
-    params:
-        spec=lambda w: pretrain_params(w)["spec"],
-        seed=config["seed"],
-        out=lambda w: f"{RESULTS}/backbones/{w.backbone}",
-    threads: workflow.cores
     log:
         "logs/backbone/{backbone}.log",
     benchmark:
         "benchmarks/stages/backbone/{backbone}.tsv"
     conda:
         "../envs/diversegrpo.yaml"
+    threads: workflow.cores
+    params:
+        spec=lambda w: pretrain_params(w)["spec"],
+        seed=config["seed"],
+        out=lambda w: f"{RESULTS}/backbones/{w.backbone}",
     script:
         "../../scripts/pretrain.py"

@@ -5,6 +5,7 @@ import sys
 from snakemake.settings.types import DeploymentMethod
 from diversegrpo import config as cfg
 
+
 def _check_caption_paths():
     """The captions stage reads a relative captions.source / eval_source from the working directory (where
     snakemake started, or its --directory). Found beside the Snakefile instead, the file tells of the usual
@@ -33,6 +34,7 @@ try:
 except cfg.ConfigError as e:
     raise WorkflowError(str(e)) from None
 
+
 # Paper-world weights: one error naming every missing model, before any job starts. `onstart` does
 # not run for dry runs, so the matrix can still be planned on a laptop without the weights.
 onstart:
@@ -40,7 +42,9 @@ onstart:
 
     _missing = missing_models(config)
     if _missing:
-        raise WorkflowError("missing model weights (nothing is downloaded at run time):\n  - " + "\n  - ".join(_missing))
+        raise WorkflowError(
+            "missing model weights (nothing is downloaded at run time):\n  - " + "\n  - ".join(_missing)
+        )
     _check_run_configs()
 
 
@@ -84,8 +88,14 @@ def backbone_spec(backbone):
 
 
 def run_spec(wildcards):
-    return cfg.run_spec(config, wildcards.backbone, wildcards.reward, wildcards.method, backbone_dir(wildcards.backbone),
-                        int(wildcards.seed))
+    return cfg.run_spec(
+        config,
+        wildcards.backbone,
+        wildcards.reward,
+        wildcards.method,
+        backbone_dir(wildcards.backbone),
+        int(wildcards.seed),
+    )
 
 
 # One path scheme for every per-run artifact: <kind>/{backbone}/{reward}/{method}/seed{seed}/, and the untrained
@@ -155,10 +165,19 @@ def all_targets(wildcards=None):
     return [
         *rule_outputs("captions"),
         *(f for b in backbones if b in TOY for f in rule_outputs("backbone", backbone=b)),
-        *(f for run in RUNS for name in ("run_config", "train", "sample", "evaluate")
-          for f in rule_outputs(name, **dict(zip(("backbone", "reward", "method", "seed"), run)))),
-        *(f for b in backbones for s in SEEDS for name in ("sample_base", "evaluate_base")
-          for f in rule_outputs(name, backbone=b, seed=s)),
+        *(
+            f
+            for run in RUNS
+            for name in ("run_config", "train", "sample", "evaluate")
+            for f in rule_outputs(name, **dict(zip(("backbone", "reward", "method", "seed"), run)))
+        ),
+        *(
+            f
+            for b in backbones
+            for s in SEEDS
+            for name in ("sample_base", "evaluate_base")
+            for f in rule_outputs(name, backbone=b, seed=s)
+        ),
         *rule_outputs("report"),
     ]
 

@@ -8,14 +8,14 @@ rule evaluate_base:
         settings=tracked_params("evaluate_base", lambda w: evaluate_params(w.backbone, "", "base", w.seed)),
     output:
         f"{RESULTS}/metrics/{{backbone}}/base/seed{{seed}}/metrics.parquet",
-    params:
-        settings=lambda w: evaluate_params(w.backbone, "", "base", w.seed),
     log:
         "logs/evaluate/{backbone}/base/seed{seed}.log",
     benchmark:
         "benchmarks/stages/evaluate/{backbone}/base/seed{seed}.tsv"
     conda:
         "../envs/diversegrpo.yaml"
+    params:
+        settings=lambda w: evaluate_params(w.backbone, "", "base", w.seed),
     script:
         "../../scripts/evaluate.py"
 
@@ -28,13 +28,13 @@ rule evaluate:
         settings=tracked_params("evaluate", lambda w: evaluate_params(w.backbone, w.reward, w.method, w.seed)),
     output:
         f"{RESULTS}/metrics/{{backbone}}/{{reward}}/{{method}}/seed{{seed}}/metrics.parquet",
-    params:
-        settings=lambda w: evaluate_params(w.backbone, w.reward, w.method, w.seed),
     log:
         "logs/evaluate/{backbone}/{reward}/{method}/seed{seed}.log",
     benchmark:
         "benchmarks/stages/evaluate/{backbone}/{reward}/{method}/seed{seed}.tsv"
     conda:
         "../envs/diversegrpo.yaml"
+    params:
+        settings=lambda w: evaluate_params(w.backbone, w.reward, w.method, w.seed),
     script:
         "../../scripts/evaluate.py"

@@ -31,6 +31,10 @@ rule report:
             )
             for b, r in PAIRS
         ],
+    log:
+        "logs/report.log",
+    conda:
+        "../envs/diversegrpo.yaml"
     params:
         runs=RUNS,
         run_dirs=[run_path(*run) for run in RUNS],
@@ -38,9 +42,5 @@ rule report:
         base_samples={b: base_samples_path(b, GRID_SEED) for b in config["runs"]["backbones"]},
         seeds=SEEDS,
         report=config["report"],
-    log:
-        "logs/report.log",
-    conda:
-        "../envs/diversegrpo.yaml"
     script:
         "../../scripts/report.py"

@@ -9,15 +9,15 @@ rule sample_base:
         settings=tracked_params("sample_base", sample_params),
     output:
         f"{RESULTS}/samples/{{backbone}}/base/seed{{seed}}/images.parquet",
-    params:
-        settings=sample_params,
-        lora=None,
     log:
         "logs/sample/{backbone}/base/seed{seed}.log",
     benchmark:
         "benchmarks/stages/sample/{backbone}/base/seed{seed}.tsv"
     conda:
         "../envs/diversegrpo.yaml"
+    params:
+        settings=sample_params,
+        lora=None,
     script:
         "../../scripts/sample.py"
 
@@ -32,14 +32,14 @@ rule sample:
         settings=tracked_params("sample", sample_params),
     output:
         f"{RESULTS}/samples/{{backbone}}/{{reward}}/{{method}}/seed{{seed}}/images.parquet",
-    params:
-        settings=sample_params,
-        lora=lambda w: f"{run_path(w.backbone, w.reward, w.method, w.seed)}/lora",
     log:
         "logs/sample/{backbone}/{reward}/{method}/seed{seed}.log",
     benchmark:
         "benchmarks/stages/sample/{backbone}/{reward}/{method}/seed{seed}.tsv"
     conda:
         "../envs/diversegrpo.yaml"
+    params:
+        settings=sample_params,
+        lora=lambda w: f"{run_path(w.backbone, w.reward, w.method, w.seed)}/lora",
     script:
         "../../scripts/sample.py"

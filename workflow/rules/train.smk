@@ -7,12 +7,12 @@ rule run_config:
         settings=tracked_params("run_config", run_spec),
     output:
         f"{RESULTS}/runs/{{backbone}}/{{reward}}/{{method}}/seed{{seed}}/config.json",
-    params:
-        spec=run_spec,
     log:
         "logs/run_config/{backbone}/{reward}/{method}/seed{seed}.log",
     conda:
         "../envs/diversegrpo.yaml"
+    params:
+        spec=run_spec,
     script:
         "../../scripts/run_config.py"
 
@@ -29,14 +29,14 @@ rule train:
         log=f"{RESULTS}/runs/{{backbone}}/{{reward}}/{{method}}/seed{{seed}}/log.parquet",
         curve=f"{RESULTS}/runs/{{backbone}}/{{reward}}/{{method}}/seed{{seed}}/curve.parquet",
         timings=f"{RESULTS}/runs/{{backbone}}/{{reward}}/{{method}}/seed{{seed}}/timings.parquet",
-    params:
-        out=lambda w: run_path(w.backbone, w.reward, w.method, w.seed),
-        launch=lambda w: TrainLauncher(train_processes(w.method)),
     log:
         "logs/train/{backbone}/{reward}/{method}/seed{seed}.log",
     benchmark:
         "benchmarks/stages/train/{backbone}/{reward}/{method}/seed{seed}.tsv"
     conda:
         "../envs/diversegrpo.yaml"
+    params:
+        out=lambda w: run_path(w.backbone, w.reward, w.method, w.seed),
+        launch=lambda w: TrainLauncher(train_processes(w.method)),
     shell:
         "{params.launch} -m diversegrpo.train --run-config {input.config} --out {params.out} > {log} 2>&1"
