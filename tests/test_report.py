@@ -116,3 +116,10 @@ def test_pareto_plot_draws_the_final_stars_of_any_reward_name(monkeypatch, tmp_p
         stars = [c for c in ax.collections if isinstance(c, matplotlib.collections.PathCollection)]
         assert len(stars) == 3, ax.get_title()  # base, flow_grpo, diverse_grpo
     assert len(axes[0].lines) == 2 and not axes[1].lines  # training paths on the held-out split only
+
+
+def test_a_zero_that_rounding_leaves_negative_prints_as_zero():
+    from diversegrpo.report import _fmt
+
+    printed = (_fmt(-1e-9), _fmt(-0.0), _fmt(-0.5), _fmt(0.12345, 0.01))
+    assert printed == ("0.0000", "0.0000", "-0.5000", "0.1235 ± 0.0100")

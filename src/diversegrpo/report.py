@@ -211,6 +211,7 @@ def _cells(table: pd.DataFrame, errors: pd.DataFrame | None, pm: str) -> list[li
 def _fmt(v, error: float | None = None, pm: str = "±") -> str:
     if not isinstance(v, float):
         return str(v)
+    v = round(v, 4) + 0.0  # a Frechet distance of -1e-9 (the base model against itself) prints as 0.0000
     return f"{v:.4f} {pm} {error:.4f}" if error is not None and pd.notna(error) else f"{v:.4f}"
 
 
