@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -103,10 +103,23 @@ def score_rewards(images: torch.Tensor, prompts: list[str], rewards: dict[str, R
     out = {}
     for name, fn in rewards.items():
         values = fn(images, prompts).float().cpu()
-        if not torch.isfinite(values).all():
-            bad = (~torch.isfinite(values)).nonzero().flatten().tolist()
-            raise FloatingPointError(
-                f"reward {name!r} is not finite for images {bad[:8]} ({[prompts[i] for i in bad[:3]]})"
-            )
+        check_finite(f"reward {name!r}", values, prompts)
         out[name] = values
     return out
+
+
+def check_finite(
+    what: str, values: torch.Tensor | float, prompts: list[str], samples: Sequence[int] | None = None
+) -> None:
+    """Stop before a NaN or inf goes any further: a FloatingPointError naming the samples to blame.
+
+    `values` holds one number per sample, sample `samples[i]` of the batch whose prompts are `prompts`
+    (default: every sample, in order), or one number for all of `samples` (a loss, a gradient norm), which
+    blames them all."""
+    finite = torch.isfinite(torch.as_tensor(values).detach().cpu())
+    if bool(finite.all()):
+        return
+    samples = range(len(prompts)) if samples is None else samples
+    bad = [i for i, ok in zip(samples, finite.expand(len(samples)).tolist()) if not ok]
+    detail = ", ".join(f"#{i} {prompts[i]!r}" for i in bad[:8]) + (", ..." if len(bad) > 8 else "")
+    raise FloatingPointError(f"non-finite {what} for {len(bad)} sample(s): {detail}")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 import torch
@@ -26,12 +26,12 @@ from .backbones.base import Backbone
 from .creative import cosine_distances, exploration_bonus, mix
 from .distributed import Collective, SingleProcess
 from .ema import EMA, EmaSettings
+from .evaluation import Reward, check_finite
 from .grpo import advantage_scale, clipped_loss, group_advantages
 from .metrics import mean_pairwise
 from .sampling import Rollout, sample_rollout
 from .sde import sde_step
 
-Reward = Callable[[torch.Tensor, list[str]], torch.Tensor]
 Embedder = Callable[[torch.Tensor], torch.Tensor]
 RolloutStatistics = Callable[[torch.Tensor, list[str]], dict]
 
@@ -286,23 +286,6 @@ class BatchLayout:
         """The whole batch's prompts (every process samples every prompt of the iteration)."""
         by_group = dict(zip(local_group_ids.tolist(), local_prompts))
         return [by_group[g] for g in self.group_ids.tolist()]
-
-
-def check_finite(
-    what: str, values: torch.Tensor | float, prompts: list[str], samples: Sequence[int] | None = None
-) -> None:
-    """Stop before a NaN or inf goes any further: a FloatingPointError naming the samples to blame.
-
-    `values` holds one number per sample, sample `samples[i]` of the batch whose prompts are `prompts`
-    (default: every sample, in order), or one number for all of `samples` (a loss, a gradient norm), which
-    blames them all."""
-    finite = torch.isfinite(torch.as_tensor(values).detach().cpu())
-    if bool(finite.all()):
-        return
-    samples = range(len(prompts)) if samples is None else samples
-    bad = [i for i, ok in zip(samples, finite.expand(len(samples)).tolist()) if not ok]
-    detail = ", ".join(f"#{i} {prompts[i]!r}" for i in bad[:8]) + (", ..." if len(bad) > 8 else "")
-    raise FloatingPointError(f"non-finite {what} for {len(bad)} sample(s): {detail}")
 
 
 # ----- train ----------------------------------------------------------------------------------------------------
