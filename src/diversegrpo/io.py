@@ -133,10 +133,16 @@ def write_bytes(data: bytes, path: str | os.PathLike) -> None:
         tmp.write_bytes(data)
 
 
+def non_finite(tensors: dict) -> list[str]:
+    """Keys of the floating-point tensors among `tensors`' values that hold a NaN or an inf."""
+    return [k for k, v in tensors.items()
+            if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
 def save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict | None = None) -> None:
     from safetensors.torch import save_file
 
-    bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    bad = non_finite(tensors)
     if bad:
         raise FloatingPointError(f"refusing to write non-finite tensors to {path}: {bad[:5]}")
     with atomic_path(path) as tmp:

@@ -38,7 +38,7 @@ from . import __version__, distributed, tracking, trainer, world
 from .backbones.base import Backbone, LoraSpec
 from .ema import EMA
 from .evaluation import per_prompt, score_rewards, world_statistics
-from .io import load_state, reading, remove_stale_temps, save_state, write_parquet
+from .io import load_state, non_finite, reading, remove_stale_temps, save_state, write_parquet
 from .registry import BACKBONES, build_features, build_reward, resolve
 from .sampling import sample_images
 
@@ -206,9 +206,7 @@ class Run:
         """Save the resumable state (the main process); refuse (keeping the previous checkpoint) when it is
         not finite, on every process alike (the LoRA and the optimizer are equal everywhere)."""
         lora, optimizer = self.backbone.lora_state_dict(), self.optimizer.state_dict()
-        bad = [k for k, v in lora.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-        bad += [f"optimizer.{i}.{k}" for i, s in optimizer["state"].items() for k, v in s.items()
-                if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+        bad = non_finite(lora) + [f"optimizer.{i}.{k}" for i, s in optimizer["state"].items() for k in non_finite(s)]
         if bad:
             raise FloatingPointError(
                 f"iteration {self.iteration}: non-finite LoRA / optimizer state {bad[:5]}; not checkpointed "

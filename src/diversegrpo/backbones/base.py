@@ -16,7 +16,7 @@ from typing import Iterator
 
 import torch
 
-from ..io import atomic_dir, reading
+from ..io import atomic_dir, non_finite, reading
 from ..sde import sigma_schedule
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
@@ -140,7 +140,7 @@ class Backbone(ABC):
     def save_lora(self, directory: str | os.PathLike) -> Path:
         """Write the adapter so that diffusers' `pipe.load_lora_weights(directory)` loads it (atomic)."""
         state = self.lora_state_dict()
-        bad = [k for k, v in state.items() if not torch.isfinite(v).all()]
+        bad = non_finite(state)
         if bad:
             raise FloatingPointError(f"refusing to write a LoRA with non-finite weights: {bad[:5]}")
         # Without the adapter metadata diffusers reloads at lora_alpha == r, i.e. the wrong scale.
