@@ -47,6 +47,7 @@ def _outputs_built_ns(outputs) -> int | None:
         return None
 
 
+# Not diversegrpo.io.atomic_path: importing io (torch) costs 1.3 s, at every snakemake start.
 def _write_atomically(path: str, data: bytes, mtime_ns: int | None) -> int:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp"
