@@ -7,6 +7,7 @@ import importlib.machinery
 import importlib.util
 import random
 import sys
+import time
 import types
 
 import numpy as np
@@ -42,7 +43,7 @@ def events(directory):
 
 
 def _run(spec, out):
-    from diversegrpo.train import Run, RunConfig
+    from diversegrpo.stages.train import Run, RunConfig
 
     return Run(RunConfig.from_dict(spec), out)
 
@@ -94,6 +95,10 @@ def test_a_resumed_run_shows_each_step_once(toy_backbone, tmp_path):
     before, _ = events(out / "tensorboard")
     assert [s for s, _ in before["train/reward_mean"]] == [0, 1, 2, 3]
 
+    # TensorBoard reads event files in name order, events.out.tfevents.<unix second>.<host>.<pid>.<writer count>:
+    # a real resume (a new process, later) sorts after the stopped attempt; in this process, within the same
+    # second, the writer count decides, and "10" sorts before "9" once earlier tests opened writers.
+    time.sleep(max(0.0, 1.05 - (time.time() % 1)))
     train_in_process(spec, out)
     assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 2  # two writers, one history
     scalars, images = events(out / "tensorboard")
@@ -129,7 +134,7 @@ def test_the_environment_variable_chooses(monkeypatch):
 
 def test_a_bad_tracker_fails_before_any_work(toy_backbone, tmp_path, monkeypatch):
     monkeypatch.setenv(tracking.ENV, "tensorbord")
-    from diversegrpo import train
+    from diversegrpo.stages import train
 
     monkeypatch.setattr(train, "build_backbone", lambda *a: pytest.fail("the backbone was built"))
     with pytest.raises(ValueError, match="tensorbord"):
