@@ -228,7 +228,7 @@ def test_repro_runs_every_phase_and_leaves_a_clean_status(repro):
 @pytestmark_slow
 def test_metrics_show_reports_the_table(repro):
     work, env, _ = repro
-    from diversegrpo import report
+    from diversegrpo import tables
 
     shown = json.loads(run([str(BIN / "dvc"), "metrics", "show", "--json"], work, env))
     # {"": {"data": {"results/report/summary.json": {"data": {...}}}}} (DVC 3)
@@ -239,7 +239,7 @@ def test_metrics_show_reports_the_table(repro):
     assert flat and all(isinstance(v, (int, float)) for v in flat.values())
     means = {k.removesuffix("/mean"): v for k, v in flat.items() if k.endswith("/mean")}
 
-    names = {h: c for c, h, *_ in report.COLUMNS}
+    names = {h: c for c, h, *_ in tables.COLUMNS}
     in_table = {}
     for split, lines in table_sections((work / "results/report/table.md").read_text()).items():
         header = [c.strip() for c in lines[0].strip("|").split("|")]

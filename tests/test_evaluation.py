@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from diversegrpo import report, world
+from diversegrpo import tables, world
 from diversegrpo.evaluation import bootstrap_standard_errors, per_prompt
 
 
@@ -53,11 +53,11 @@ def _table(values: dict[str, list[float]]) -> pd.DataFrame:
 def test_table_cells_carry_their_standard_error_where_one_exists():
     table = _table({"diversity": [1.0, 0.5], "fd_base": [0.0, 0.25]})
     errors = _table({"diversity": [0.02, 0.125]}).iloc[::-1]  # matched by key, not by position
-    markdown = report.to_markdown(table, errors)
+    markdown = tables.to_markdown(table, errors)
     assert "| toy | colour | flow_grpo | 0.5000 ± 0.1250 | 0.2500 |" in markdown
     assert "| toy | colour | base | 1.0000 ± 0.0200 | 0.0000 |" in markdown
-    assert r"0.5000 $\pm$ 0.1250 & 0.2500 \\" in report.to_latex(table, errors)
-    assert "±" not in report.to_markdown(table)
+    assert r"0.5000 $\pm$ 0.1250 & 0.2500 \\" in tables.to_latex(table, errors)
+    assert "±" not in tables.to_markdown(table)
 
 
 def test_two_images_per_prompt_still_give_a_finite_diversity_error():
@@ -69,4 +69,4 @@ def test_two_images_per_prompt_still_give_a_finite_diversity_error():
 
 def test_paper_table_of_a_base_run_alone_is_empty_not_an_error():
     base_only = _table({"diversity": [0.02, 0.1]}).iloc[:1]
-    assert report.paper_table(base_only, ["colour"]).empty
+    assert tables.paper_table(base_only, ["colour"]).empty

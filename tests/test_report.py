@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from diversegrpo import report
+from diversegrpo import figures, tables
 
 REWARD = "pick-score.v2"  # '-' and '.': no attribute name of an itertuples row
 
@@ -40,7 +40,7 @@ def made_up() -> dict:
 
 
 def test_mean_and_sample_std_over_seeds_per_split():
-    mean, spread, per_seed = report.aggregate(long_metrics([0, 1, 2], made_up()))
+    mean, spread, per_seed = tables.aggregate(long_metrics([0, 1, 2], made_up()))
     row = lambda t, split, method: t[(t.split == split) & (t.method == method)].iloc[0]  # noqa: E731
     flow = [0.2, 0.3, 0.4]
     assert row(mean, "eval", "flow_grpo").diversity == pytest.approx(np.mean(flow))
@@ -51,31 +51,31 @@ def test_mean_and_sample_std_over_seeds_per_split():
 
 
 def test_one_seed_keeps_its_bootstrap_standard_error():
-    mean, spread, _ = report.aggregate(long_metrics([1], made_up()))
+    mean, spread, _ = tables.aggregate(long_metrics([1], made_up()))
     flow = spread[(spread.split == "eval") & (spread.method == "flow_grpo")].iloc[0]
     assert flow.diversity == pytest.approx(0.02)  # seed 1's overall_se
     assert mean[(mean.split == "eval") & (mean.method == "flow_grpo")].iloc[0].diversity == pytest.approx(0.3)
 
 
 def test_ratios_per_seed_and_missing_where_flow_grpo_is_zero():
-    _, _, per_seed = report.aggregate(long_metrics([0, 1, 2], made_up()))
-    ratios = report.ratios(per_seed)
+    _, _, per_seed = tables.aggregate(long_metrics([0, 1, 2], made_up()))
+    ratios = tables.ratios(per_seed)
     eval_ratios = ratios[ratios.split == "eval"].set_index("seed")
     assert list(eval_ratios.index) == [0, 1, 2]
     assert eval_ratios.ratio_diversity.tolist() == pytest.approx([0.6 / 0.2, 0.6 / 0.3, 0.6 / 0.4])
     assert eval_ratios.ratio_reward.tolist() == pytest.approx([0.74 / 0.75, 0.75 / 0.75, 0.76 / 0.75])
     assert pd.isna(eval_ratios.ratio_mode_entropy[0]) and eval_ratios.ratio_mode_entropy[2] == pytest.approx(4.0)
     without = per_seed[per_seed.method != "flow_grpo"]
-    assert report.ratios(without).empty  # Flow-GRPO not in the run matrix: no ratios
+    assert tables.ratios(without).empty  # Flow-GRPO not in the run matrix: no ratios
 
 
 def test_summary_and_table_1_per_split():
     seeds = [0, 1, 2]
-    mean, spread, per_seed = report.aggregate(long_metrics(seeds, made_up()))
-    tables = report.split_tables(mean, spread, [REWARD])
-    assert list(tables) == ["eval", "train"]
-    ratios = report.ratios(per_seed)
-    summary = report.summary(tables, per_seed, ratios, seeds)
+    mean, spread, per_seed = tables.aggregate(long_metrics(seeds, made_up()))
+    split_tables = tables.split_tables(mean, spread, [REWARD])
+    assert list(split_tables) == ["eval", "train"]
+    ratios = tables.ratios(per_seed)
+    summary = tables.summary(split_tables, per_seed, ratios, seeds)
     flow = summary["eval"]["toy"][REWARD]["flow_grpo"]["diversity"]
     assert flow == {"mean": pytest.approx(0.3), "spread": pytest.approx(0.1),
                     "per_seed": pytest.approx([0.2, 0.3, 0.4])}
@@ -84,32 +84,32 @@ def test_summary_and_table_1_per_split():
     first = summary["ratios"]["eval"]["toy"][REWARD][0]
     assert first == {"seed": 0, "diversity": pytest.approx(3.0), "mode_entropy": None,
                      "reward": pytest.approx(0.74 / 0.75, abs=1e-6)}
-    markdown = report.table1_markdown(tables, ratios, seeds)
+    markdown = tables.table1_markdown(split_tables, ratios, seeds)
     assert "Mean over the 3 seeds 0, 1, 2 ± the sample standard deviation over seeds." in markdown
     eval_part, train_part = markdown.split("## train split (training captions)")
     assert "## eval split (held-out captions)" in eval_part
     assert f"| toy | {REWARD} | flow_grpo | 0.3000 ± 0.1000 |" in eval_part
     assert f"| toy | {REWARD} | flow_grpo | 0.4000 ± 0.1000 |" in train_part
     assert f"| toy | {REWARD} | 0 | 3.000 | — | 0.987 |" in eval_part  # the ratios; mode entropy 0 -> none
-    latex = report.table1_latex(tables, ratios, seeds)
+    latex = tables.table1_latex(split_tables, ratios, seeds)
     assert latex.count(r"\begin{tabular}") == latex.count(r"\end{tabular}") == 2 and "—" not in latex
 
 
 def test_one_seed_says_its_spread_is_the_bootstrap_error():
-    assert "bootstrap standard error" in report.spread_note([4]) and "Seed 4" in report.spread_note([4])
+    assert "bootstrap standard error" in tables.spread_note([4]) and "Seed 4" in tables.spread_note([4])
 
 
 def test_pareto_plot_draws_the_final_stars_of_any_reward_name(monkeypatch, tmp_path):
     """itertuples renames a column such as reward_pick-score.v2: the stars must be found by column access."""
     seeds = [0, 1]
-    mean, spread, _ = report.aggregate(long_metrics(seeds, made_up()))
-    tables = report.split_tables(mean, spread, [REWARD])
+    mean, spread, _ = tables.aggregate(long_metrics(seeds, made_up()))
+    split_tables = tables.split_tables(mean, spread, [REWARD])
     curve = pd.DataFrame({"iteration": [0, 1], "diversity": [0.8, 0.5], "reward_reward": [0.7, 0.75]})
-    data = report.pareto_data({("toy", REWARD, m, s): curve for m in ("flow_grpo", "diverse_grpo") for s in seeds})
-    figures = []
-    monkeypatch.setattr(report, "_save", lambda fig, path: figures.append(fig))
-    report.plot_pareto(data, tables, tmp_path / "pareto.png")
-    (fig,) = figures
+    data = figures.pareto_data({("toy", REWARD, m, s): curve for m in ("flow_grpo", "diverse_grpo") for s in seeds})
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.append(fig))
+    figures.plot_pareto(data, split_tables, tmp_path / "pareto.png")
+    (fig,) = drawn
     axes = fig.get_axes()
     assert len(axes) == 2  # a panel per split
     for ax in axes:
@@ -119,7 +119,7 @@ def test_pareto_plot_draws_the_final_stars_of_any_reward_name(monkeypatch, tmp_p
 
 
 def test_a_zero_that_rounding_leaves_negative_prints_as_zero():
-    from diversegrpo.report import _fmt
+    from diversegrpo.tables import _fmt
 
     printed = (_fmt(-1e-9), _fmt(-0.0), _fmt(-0.5), _fmt(0.12345, 0.01))
     assert printed == ("0.0000", "0.0000", "-0.5000", "0.1235 ± 0.0100")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import report
+from .. import figures, tables
 from ..io import read_parquet, write_csv, write_json, write_text
 
 
@@ -31,20 +31,20 @@ def report_stage(
         ignore_index=True,
     )
     rewards = sorted({run[1] for run in runs})
-    mean, spread, per_seed = report.aggregate(metrics)
-    tables = report.split_tables(mean, spread, rewards)
-    ratios = report.ratios(per_seed)
-    write_text(report.table1_markdown(tables, ratios, seeds), outputs["table_md"])
-    write_text(report.table1_latex(tables, ratios, seeds), outputs["table_tex"])
-    write_json(report.summary(tables, per_seed, ratios, seeds), outputs["summary"])
+    mean, spread, per_seed = tables.aggregate(metrics)
+    split_tables = tables.split_tables(mean, spread, rewards)
+    ratios = tables.ratios(per_seed)
+    write_text(tables.table1_markdown(split_tables, ratios, seeds), outputs["table_md"])
+    write_text(tables.table1_latex(split_tables, ratios, seeds), outputs["table_tex"])
+    write_json(tables.summary(split_tables, per_seed, ratios, seeds), outputs["summary"])
 
     runs = [tuple(run) for run in runs]
     curves = {run: read_parquet(Path(d) / "curve.parquet", "training curve", "train") for run, d in zip(runs, run_dirs)}
     logs = {run: read_parquet(Path(d) / "log.parquet", "training log", "train") for run, d in zip(runs, run_dirs)}
-    pareto = report.pareto_data(curves)
+    pareto = figures.pareto_data(curves)
     write_csv(pareto, outputs["pareto_csv"])
-    report.plot_pareto(pareto, tables, outputs["pareto"])
-    report.plot_curves(logs, outputs["curves"])
+    figures.plot_pareto(pareto, split_tables, outputs["pareto"])
+    figures.plot_curves(logs, outputs["curves"])
 
     samples = {tuple(run): read_parquet(f, "samples", "sample") for run, f in zip(grid_runs, grid_samples)}
     for backbone, reward in dict.fromkeys((b, r) for b, r, _ in samples):
@@ -52,4 +52,4 @@ def report_stage(
         chosen.update({m: samples[(b, r, m)] for (b, r, m) in samples if (b, r) == (backbone, reward)})
         chosen = {name: table[table.split == "eval"] for name, table in chosen.items()}  # the held-out captions
         prompts = list(dict.fromkeys(chosen["base"].prompt))[:grid_prompts]
-        report.plot_grid(chosen, prompts, grid_images, outputs["grids_dir"] + f"/{backbone}_{reward}.png")
+        figures.plot_grid(chosen, prompts, grid_images, outputs["grids_dir"] + f"/{backbone}_{reward}.png")

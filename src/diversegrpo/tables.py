@@ -1,17 +1,10 @@
-"""The paper's outputs, aggregated over the replicate seeds (runs.seeds): Table 1 per caption split (Markdown +
-LaTeX: the mean over seeds ± the spread, and DiverseGRPO / Flow-GRPO ratios per seed), a summary for DVC
-metrics, reward-diversity Pareto plots per split, training curves and image grids on shared prompts and seeds."""
+"""The paper's tables, aggregated over the replicate seeds (runs.seeds): Table 1 per caption split (Markdown +
+LaTeX: the mean over seeds ± the spread, and DiverseGRPO / Flow-GRPO ratios per seed) and a summary for DVC
+metrics. The figures are figures.py's."""
 
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-
-from .io import atomic_path, png_tensor  # noqa: E402
+import pandas as pd
 
 # (metric, header, higher is better); rewards are added per table
 COLUMNS = [
@@ -115,7 +108,7 @@ def spread_note(seeds: list[int]) -> str:
     return f"Seed {seeds[0]}; ± is the bootstrap standard error from resampling each prompt's images."
 
 
-def _split_title(split: str) -> str:
+def split_title(split: str) -> str:
     return f"{split} split ({SPLITS[split]})" if split in SPLITS else f"{split} split"
 
 
@@ -123,7 +116,7 @@ def table1_markdown(tables: dict[str, tuple], ratio_table: pd.DataFrame, seeds: 
     """Table 1 with a section per caption split, each followed by its DiverseGRPO / Flow-GRPO ratios per seed."""
     lines = ["# Table 1", "", spread_note(seeds), ""]
     for split, (table, errors) in tables.items():
-        lines += [f"## {_split_title(split)}", "", to_markdown(table, errors)]
+        lines += [f"## {split_title(split)}", "", to_markdown(table, errors)]
         mine = ratio_table[ratio_table.split == split]
         if len(mine):
             lines += [f"{_ratio_title()}:", "", _ratios_markdown(mine)]
@@ -159,7 +152,7 @@ def table1_latex(tables: dict[str, tuple], ratio_table: pd.DataFrame, seeds: lis
             first = False
         else:
             out.append(r"\midrule")
-        out += [rf"\multicolumn{{{len(table.columns)}}}{{l}}{{\emph{{{_split_title(split)}}}}} \\", *body[4:-2]]
+        out += [rf"\multicolumn{{{len(table.columns)}}}{{l}}{{\emph{{{split_title(split)}}}}} \\", *body[4:-2]]
     if not first:
         out += [r"\bottomrule", r"\end{tabular}"]
     if len(ratio_table):
@@ -245,119 +238,3 @@ def summary(tables: dict[str, tuple], per_seed: pd.DataFrame, ratio_table: pd.Da
 
 def _number(v) -> float | None:
     return None if v is None or pd.isna(v) else round(float(v), 6)
-
-
-def pareto_data(curves: dict[tuple, pd.DataFrame]) -> pd.DataFrame:
-    """Every ODE evaluation of every run (curve.parquet: the held-out prompts), one row each; curves are keyed
-    by (backbone, reward, method, seed)."""
-    rows = []
-    for (backbone, reward, method, seed), curve in curves.items():
-        for r in curve.to_dict("records"):
-            rows.append(
-                {
-                    "run": f"{backbone}/{reward}/{method}/seed{seed}",
-                    "backbone": backbone,
-                    "reward": reward,
-                    "method": method,
-                    "seed": int(seed),
-                    "iteration": int(r["iteration"]),
-                    "diversity": r["diversity"],
-                    "reward_value": r["reward_reward"],
-                }
-            )
-    return pd.DataFrame(rows)
-
-
-def plot_pareto(data: pd.DataFrame, tables: dict[str, tuple], path) -> None:
-    """Reward vs diversity, a row of panels per caption split, a panel per backbone and reward. On the
-    held-out (eval) split, each method's path over training checkpoints (curve.parquet, the mean over
-    seeds per iteration); on every split, stars for the final evaluation of the sample stage (base
-    included): the mean over seeds with the spread as error bars."""
-    pairs = list(dict.fromkeys(zip(data.backbone, data.reward)))
-    for table, _ in tables.values():
-        pairs += [p for p in dict.fromkeys(zip(table.backbone, table.reward)) if p not in pairs]
-    splits = list(tables) or ["eval"]
-    methods = list(dict.fromkeys([*data.get("method", []), *(m for t, _ in tables.values() for m in t.method)]))
-    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    colours = {m: palette[i % len(palette)] for i, m in enumerate(m for m in methods if m != "base")} | {
-        "base": "black"}
-    fig, axes = plt.subplots(len(splits), max(len(pairs), 1), figsize=(5 * max(len(pairs), 1), 4 * len(splits)),
-                             squeeze=False)
-    for ax_row, split in zip(axes, splits):
-        final, spread = tables.get(split, (pd.DataFrame(), pd.DataFrame()))
-        for ax, (backbone, reward) in zip(ax_row, pairs):
-            if split == "eval" and len(data):
-                runs = data[(data.backbone == backbone) & (data.reward == reward)]
-                for method, curve in runs.groupby("method", sort=False):
-                    curve = curve.groupby("iteration")[["diversity", "reward_value"]].mean().reset_index()
-                    ax.plot(curve.diversity, curve.reward_value, "-o", ms=3, color=colours.get(method),
-                            label=f"{method} (training)")
-                    ax.annotate(str(curve.iteration.iloc[-1]),
-                                (curve.diversity.iloc[-1], curve.reward_value.iloc[-1]), fontsize=7)
-            column = f"reward_{reward}"
-            if column in final:
-                rows = final[(final.backbone == backbone) & (final.reward == reward)]
-                errors = spread.set_index(["backbone", "reward", "method"]).to_dict("index") if len(spread) else {}
-                for row in rows.to_dict("records"):
-                    x, y = row["diversity"], row[column]  # column access: any reward name, '-' and '.' included
-                    if pd.isna(x) or pd.isna(y):
-                        continue
-                    error = errors.get((backbone, reward, row["method"]), {})
-                    xerr, yerr = (error.get(c) for c in ("diversity", column))
-                    colour = colours.get(row["method"], "black")
-                    ax.errorbar(x, y, xerr=None if xerr is None or pd.isna(xerr) else xerr,
-                                yerr=None if yerr is None or pd.isna(yerr) else yerr, fmt="none", ecolor=colour,
-                                elinewidth=0.8, zorder=2)
-                    ax.scatter(x, y, marker="*", s=120, color=colour, zorder=3)
-                    ax.annotate(f"{row['method']} (final)", (x, y), fontsize=7, xytext=(4, -8),
-                                textcoords="offset points")
-            ax.set(title=f"{backbone} / {reward}: {_split_title(split)}", xlabel="diversity (mean pairwise distance)",
-                   ylabel=f"{reward} reward")
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=7)
-    _save(fig, path)
-
-
-def plot_curves(logs: dict[tuple, pd.DataFrame], path) -> None:
-    """Per iteration of each (backbone, reward, method): the training log's metrics, the mean over the seeds'
-    logs (keyed by (backbone, reward, method, seed)), smoothed over 5 iterations."""
-    metrics = ["reward_mean", "diversity", "clusters", "regularizer"]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.5))
-    for (_backbone, reward, method) in dict.fromkeys(run[:3] for run in logs):
-        seeds = [log for run, log in logs.items() if run[:3] == (_backbone, reward, method)]
-        log = pd.concat(seeds).groupby("iteration", sort=True)[metrics].mean().reset_index()
-        for ax, m in zip(axes, metrics):
-            smooth = log[m].rolling(5, min_periods=1).mean()
-            ax.plot(log.iteration, smooth, label=f"{reward}/{method}")
-            ax.set(title=m, xlabel="iteration")
-    axes[0].legend(fontsize=7)
-    _save(fig, path)
-
-
-def plot_grid(samples: dict[str, pd.DataFrame], prompts: list[str], n_images: int, path) -> None:
-    """Rows: runs (base first); columns: the same prompts and seeds."""
-    runs = list(samples)
-    fig, axes = plt.subplots(
-        len(runs), len(prompts), figsize=(1.2 * n_images * len(prompts), 1.4 * len(runs)), squeeze=False
-    )
-    for i, run in enumerate(runs):
-        table = samples[run]
-        for j, prompt in enumerate(prompts):
-            rows = table[table.prompt == prompt].sort_values("index").head(n_images)
-            images = torch.stack([png_tensor(b) for b in rows.image])  # (N, 3, H, W)
-            strip = torch.cat(list(images), dim=2).permute(1, 2, 0).numpy()
-            ax = axes[i][j]
-            ax.imshow(strip, interpolation="nearest")
-            ax.set_xticks([]), ax.set_yticks([])
-            if i == 0:
-                ax.set_title(prompt, fontsize=9)
-            if j == 0:
-                ax.set_ylabel(run, fontsize=8, rotation=0, ha="right", va="center")
-    _save(fig, path)
-
-
-def _save(fig, path) -> None:
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
