@@ -21,10 +21,10 @@ import pandas as pd
 import torch
 
 from diversegrpo import config as cfg
-from diversegrpo import trainer, world
-from diversegrpo.registry import build_features, build_reward
+from diversegrpo import trainer
+from diversegrpo.registry import build_backbone, build_features, build_reward
 from diversegrpo.sampling import sample_rollout
-from diversegrpo.train import build_backbone
+from diversegrpo.worlds import toy as world
 
 
 def pair_flips(quality: torch.Tensor, rewards: torch.Tensor, valid: torch.Tensor, group_ids: torch.Tensor) -> dict:

@@ -14,7 +14,7 @@ the toy backbone imported before this benchmark existed.
 interleaved with today's: before / after of one change in one run, whatever else changed meanwhile.
 
 The two job variants are real entry points on tiny inputs, so that their own work is a small part:
-- train: `python -m diversegrpo.train` on a run config of 1 iteration (1 prompt x 4 images, 2 SDE
+- train: `python -m diversegrpo.stages.train` on a run config of 1 iteration (1 prompt x 4 images, 2 SDE
   steps; 2 held-out images of 1 ODE step before and after), ending with the LoRA written;
 - sample: the sample stage (scripts/sample.py's call) with a LoRA, 1 image of 1 ODE step per caption split, 1 reward.
 Both load a toy backbone of the default config's size (random weights: the cost does not depend on
@@ -71,9 +71,9 @@ def build_fixtures(directory: Path) -> dict:
     import torch
 
     from diversegrpo import config as C
-    from diversegrpo import world
     from diversegrpo.backbones.base import LoraSpec
     from diversegrpo.backbones.toy import ToyBackbone, ToyConfig
+    from diversegrpo.worlds import toy as world
 
     config = C.load(ROOT / "config/config.yaml")
     toy = config["backbones"]["toy"]
@@ -115,7 +115,7 @@ def variants(fixtures: Path, lora: dict, baseline: Path | None, rev: str | None)
     for suffix, src in trees:
         env = {"PYTHONPATH": str(src)}
         table[f"train job, tiny{suffix}"] = (
-            [py, "-m", "diversegrpo.train", "--run-config", str(fixtures / "run.json"), "--out", "{out}"], env)
+            [py, "-m", "diversegrpo.stages.train", "--run-config", str(fixtures / "run.json"), "--out", "{out}"], env)
         table[f"sample job, tiny{suffix}"] = (
             [py, "-c", SAMPLE.format(lora=repr(lora)), str(fixtures), "{out}/images.parquet"], env)
     return table

@@ -12,9 +12,9 @@ import torch  # noqa: E402
 @pytest.fixture(scope="session")
 def tiny_toy_dir(tmp_path_factory):
     """A briefly pre-trained one-layer toy backbone, saved in the pipeline's format."""
-    from diversegrpo import world
     from diversegrpo.backbones.toy import ToyConfig
     from diversegrpo.stages.pretrain import PretrainSettings, pretrain
+    from diversegrpo.worlds import toy as world
 
     torch.set_num_threads(1)
     backbone, _ = pretrain([c["prompt"] for c in world.captions()], ToyConfig(num_layers=1),

@@ -178,7 +178,7 @@ def old_split(prompts: list[str], eval_fraction: float, seed: int) -> tuple[list
 
 def test_default_toy_split_is_unchanged(tmp_path):
     """The embedded default's caption tables are what the old split made (a guard: passes before and after)."""
-    from diversegrpo import world
+    from diversegrpo.worlds import toy as world
 
     c = BASE["captions"]
     assert c["source"] == "toy" and c["eval_source"] is None

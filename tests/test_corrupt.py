@@ -59,7 +59,7 @@ def _run_config(tmp_path: Path, toy_dir: Path) -> Path:
 
 
 def _train(path: Path, toy_dir: Path) -> None:
-    from diversegrpo import train
+    from diversegrpo.stages import train
 
     train.main(["--run-config", str(path), "--out", str(path.parent / "run")])
 
@@ -80,7 +80,7 @@ def _sample(path: Path, toy_dir: Path) -> None:
 def _evaluate(path: Path, toy_dir: Path) -> None:
     from diversegrpo.stages.evaluate import evaluate_stage
 
-    evaluate_stage(str(path), str(path), {"kind": "toy"}, True, {}, str(path.parent / "out.parquet"))
+    evaluate_stage(str(path), str(path), {"kind": "toy"}, "toy", {}, str(path.parent / "out.parquet"))
 
 
 def _report(path: Path, toy_dir: Path) -> None:

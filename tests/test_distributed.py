@@ -4,7 +4,7 @@
   [r n/2, (r+1) n/2) of every group), scored and trained with the gloo collective, gives the advantages,
   the creative bonus and the LoRA after the optimizer step of one process on the full rollout.
 - End to end: `accelerate launch` (the command the workflow's train rule uses) of 2 CPU processes of
-  `python -m diversegrpo.train` writes one set of artifacts, and a rerun resumes bit-identically.
+  `python -m diversegrpo.stages.train` writes one set of artifacts, and a rerun resumes bit-identically.
 - Routing: the train rule starts a run with that launcher exactly when its train.processes > 1.
 """
 
@@ -36,7 +36,7 @@ PROMPTS = ["a red disc", "a green frame", "a blue cross"]
 
 
 def launcher(processes: int) -> list[str]:
-    """What workflow/rules/common.smk's TrainLauncher puts before `-m diversegrpo.train` (test_routing checks
+    """What workflow/rules/common.smk's TrainLauncher puts before `-m diversegrpo.stages.train` (test_routing checks
     the rule prints exactly this, test_accelerate_launch runs it)."""
     return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
@@ -213,7 +213,7 @@ def test_group_size_not_divisible_by_the_processes_fails_before_any_work():
 
 
 def test_per_rank_randomness_is_a_function_of_seed_iteration_and_rank():
-    from diversegrpo.train import iteration_rng
+    from diversegrpo.stages.train import iteration_rng
 
     def draw(seed, iteration, rank):
         rng, generator = iteration_rng(seed, iteration, rank)
@@ -229,7 +229,7 @@ def test_per_rank_randomness_is_a_function_of_seed_iteration_and_rank():
 
 
 def test_run_refuses_a_launch_of_another_size(tmp_path):
-    from diversegrpo.train import Run, RunConfig
+    from diversegrpo.stages.train import Run, RunConfig
 
     spec = toy_run_config(tmp_path / "no-backbone-needed", processes=2)
     with pytest.raises(ValueError, match=r"asks for 2 training process\(es\) but 1 were launched"):
@@ -263,7 +263,7 @@ def test_train_rule_uses_the_launcher_exactly_when_processes_exceed_one(tmp_path
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     commands = [
-        line.strip() for line in (result.stdout + result.stderr).splitlines() if "-m diversegrpo.train " in line
+        line.strip() for line in (result.stdout + result.stderr).splitlines() if "-m diversegrpo.stages.train " in line
     ]
     config = C.deep_merge(C.load(ROOT / "config/config.yaml"), C.load(ROOT / "config/tiny.yaml"))
     runs = [(r, m, s) for _, r, m, s in C.run_matrix(config)]
@@ -271,7 +271,7 @@ def test_train_rule_uses_the_launcher_exactly_when_processes_exceed_one(tmp_path
     for reward, method, seed in runs:
         out = f"results/runs/toy/{reward}/{method}/seed{seed}"
         prefix = " ".join(launcher(2)) if method == "diverse_grpo" else sys.executable
-        wanted = (f"{prefix} -m diversegrpo.train --run-config {out}/config.json --out {out} "
+        wanted = (f"{prefix} -m diversegrpo.stages.train --run-config {out}/config.json --out {out} "
                   f"> logs/train/toy/{reward}/{method}/seed{seed}.log 2>&1")
         assert any(c.endswith(wanted) for c in commands), f"{wanted}\nnot in\n" + "\n".join(commands)
 
@@ -286,7 +286,7 @@ def test_accelerate_launch_of_two_cpu_processes_writes_one_run_and_resumes(tmp_p
     out = tmp_path / "run"
 
     def launch() -> str:
-        command = [*launcher(2), "-m", "diversegrpo.train", "--run-config", str(config), "--out", str(out)]
+        command = [*launcher(2), "-m", "diversegrpo.stages.train", "--run-config", str(config), "--out", str(out)]
         proc = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
         return proc.stderr

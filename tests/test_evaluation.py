@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 import torch
 
-from diversegrpo import tables, world
+from diversegrpo import tables
 from diversegrpo.evaluation import bootstrap_standard_errors, per_prompt
+from diversegrpo.worlds import toy as world
 
 
 def test_standard_errors_vanish_when_every_image_of_a_prompt_is_the_same():

@@ -25,7 +25,8 @@ import json, sys, tempfile
 from pathlib import Path
 
 import diversegrpo.backbones.toy, diversegrpo.rewards.toy, diversegrpo.features.toy  # noqa: E401
-import diversegrpo.registry, diversegrpo.train, diversegrpo.stages.sample, diversegrpo.stages.evaluate  # noqa: E401
+import diversegrpo.registry, diversegrpo.stages.train, diversegrpo.stages.sample  # noqa: E401
+import diversegrpo.stages.evaluate  # noqa: E401
 import diversegrpo.stages.pretrain  # noqa: E401
 after_imports = sorted(sys.modules)
 

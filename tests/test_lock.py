@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from diversegrpo.train import LOCK, RunFolderLocked, run_lock
+from diversegrpo.stages.train import LOCK, RunFolderLocked, run_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WORLD_SIZE": "1"}
-HOLDER = "import sys; from diversegrpo.train import run_lock\n" \
+HOLDER = "import sys; from diversegrpo.stages.train import run_lock\n" \
          "with run_lock(sys.argv[1]):\n    print('locked', flush=True)\n    sys.stdin.readline()\n"
 
 
@@ -54,7 +54,7 @@ def test_second_trainer_on_the_folder(tmp_path, how, refused):
             _end(first, how)
         start = time.monotonic()
         missing = tmp_path / "missing.json"
-        command = [sys.executable, "-m", "diversegrpo.train", "--run-config", str(missing), "--out", str(out)]
+        command = [sys.executable, "-m", "diversegrpo.stages.train", "--run-config", str(missing), "--out", str(out)]
         second = subprocess.run(command, capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=300)
         elapsed = time.monotonic() - start
     finally:

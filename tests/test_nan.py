@@ -17,7 +17,7 @@ def toy_backbone(tmp_path_factory):
 
 
 def _run(spec, out):
-    from diversegrpo.train import Run, RunConfig
+    from diversegrpo.stages.train import Run, RunConfig
 
     return Run(RunConfig.from_dict(spec), out)
 

@@ -29,9 +29,9 @@ LORA = "lora/pytorch_lora_weights.safetensors"
 # ----- shared helpers --------------------------------------------------------------------------------
 def build_toy_backbone(directory: Path) -> Path:
     """A toy backbone pre-trained for two iterations (numbers meaningless, every code path real)."""
-    from diversegrpo import world
     from diversegrpo.backbones.toy import ToyConfig
     from diversegrpo.stages.pretrain import PretrainSettings, pretrain
+    from diversegrpo.worlds import toy as world
 
     prompts = [c["prompt"] for c in world.captions()]
     backbone, _ = pretrain(
@@ -43,7 +43,7 @@ def build_toy_backbone(directory: Path) -> Path:
 
 def toy_run_config(backbone_dir: Path, method: str = "diverse_grpo", **overrides) -> dict:
     """The JSON the workflow's run_config rule writes, for config/tiny.yaml, with `overrides` on top."""
-    from diversegrpo import world
+    from diversegrpo.worlds import toy as world
 
     config = C.deep_merge(C.load(ROOT / "config/config.yaml"), C.load(ROOT / "config/tiny.yaml"))
     spec = C.run_spec(config, "toy", "colour", method, str(backbone_dir))
@@ -55,8 +55,8 @@ def toy_run_config(backbone_dir: Path, method: str = "diverse_grpo", **overrides
 
 
 def train_in_process(spec: dict, out: Path) -> None:
-    """`python -m diversegrpo.train` in this process (one import of torch/diffusers for many runs)."""
-    from diversegrpo import train
+    """`python -m diversegrpo.stages.train` in this process (one import of torch/diffusers for many runs)."""
+    from diversegrpo.stages import train
 
     threads = torch.get_num_threads()
     path = out.parent / f"{out.name}.json"
@@ -91,7 +91,7 @@ def _checkpoint_mtime(out: Path) -> int:
 def _start(config: Path, out: Path, log: Path) -> subprocess.Popen:
     with log.open("ab") as stderr:
         return subprocess.Popen(
-            [sys.executable, "-m", "diversegrpo.train", "--run-config", str(config), "--out", str(out)],
+            [sys.executable, "-m", "diversegrpo.stages.train", "--run-config", str(config), "--out", str(out)],
             env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr,
         )
 
@@ -142,7 +142,7 @@ def test_sigkill_at_random_points_then_resume_is_bit_identical(toy_backbone, tmp
 
 # ----- what a checkpoint may be resumed by --------------------------------------------------------------------
 def _run(spec: dict, out: Path):
-    from diversegrpo.train import Run, RunConfig
+    from diversegrpo.stages.train import Run, RunConfig
 
     return Run(RunConfig.from_dict(spec), out)
 

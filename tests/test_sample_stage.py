@@ -7,9 +7,9 @@ import pandas as pd
 import torch
 
 from diversegrpo.io import png_bytes
+from diversegrpo.registry import build_backbone
 from diversegrpo.sampling import sample_images
 from diversegrpo.stages.sample import sample_stage
-from diversegrpo.train import build_backbone
 
 EVAL = ["a red disc", "a blue cross", "a green frame"]
 TRAIN = ["a red square", "a blue disc", "a green cross", "a yellow frame"]

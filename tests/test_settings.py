@@ -13,7 +13,7 @@ import yaml
 
 from diversegrpo import config as C
 from diversegrpo.ema import EmaSettings
-from diversegrpo.train import RunConfig
+from diversegrpo.stages.train import RunConfig
 from diversegrpo.trainer import CreativeSettings, MethodSettings, TrainSettings
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -243,7 +243,7 @@ def _local_snakemake(workdir: Path, env: dict, *args: str) -> None:
 
 
 def _train(workdir: Path, env: dict, run_config: Path, out: Path, nice: int = 0) -> subprocess.Popen:
-    cmd = [str(BIN / "python"), "-m", "diversegrpo.train", "--run-config", str(run_config), "--out", str(out)]
+    cmd = [str(BIN / "python"), "-m", "diversegrpo.stages.train", "--run-config", str(run_config), "--out", str(out)]
     return subprocess.Popen(["nice", "-n", str(nice), *cmd], cwd=workdir, env=env, text=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 

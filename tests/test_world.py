@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from diversegrpo import world
 from diversegrpo.creative import cosine_distances
 from diversegrpo.features.toy import PooledPixels
 from diversegrpo.rewards.toy import ColourReward, ContrastReward, OracleReward
+from diversegrpo.worlds import toy as world
 
 
 def test_labeller_recovers_every_rendered_mode_colour_and_shape():

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from .registry import BACKBONES, FEATURES, PRETRAINED_BACKBONES, REWARDS, WORLDS, world_class
+
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 # The one source of defaults: Snakemake loads it under every --configfile, so each of its keys is in the config
@@ -102,6 +104,18 @@ def deep_merge(base: dict, override: dict) -> dict:
     return out
 
 
+def schema() -> dict:
+    """SCHEMA, whose kinds include those other packages register (registry.PLUGIN_GROUPS); a plugin kind's
+    own keys are its from_spec's to check."""
+    loaded = yaml.safe_load(SCHEMA.read_text())
+    defs = loaded["$defs"]
+    for names, table in ((("backbone",), BACKBONES), (("reward",), REWARDS), (("features", "fid_features"), FEATURES)):
+        for name in names:
+            kinds = defs[name]["properties"]["kind"]["enum"]
+            kinds += [kind for kind in table if kind not in kinds]
+    return loaded
+
+
 def schema_errors(config: dict) -> list[str]:
     import jsonschema
 
@@ -110,7 +124,7 @@ def schema_errors(config: dict) -> list[str]:
     strict = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
         "integer", lambda _, x: isinstance(x, int) and not isinstance(x, bool))
     validator_class = jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=strict)
-    validator = validator_class(yaml.safe_load(SCHEMA.read_text()))
+    validator = validator_class(schema())
     errors = number_errors(config)
     for e in sorted(validator.iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path]):
         for where, messages in _leaves(e).items():
@@ -182,9 +196,6 @@ def _short(error) -> str:
     return error.message
 
 
-# The toy world's caption count (len(world.captions()): 4 colours x 4 shapes), kept here so that the
-# Snakefile's validation never imports torch; tests/test_bad_inputs.py checks that the two agree.
-TOY_CAPTIONS = 16
 RESERVED_METHODS = ("base",)  # the untrained reference run of every backbone
 
 
@@ -247,15 +258,7 @@ def semantic_errors(config: dict, root: Path = Path(".")) -> list[str]:
                         else f"captions.eval_fraction {captions['eval_fraction']}")
             errors.append(f"{where}.eval_prompts: {merged['eval_prompts']} exceeds the {counts[1]} "
                           f"held-out prompts ({held_out}); allowed: 1..{counts[1]}")
-    source = config["captions"]["source"]
-    toy_backbones = [b for b in runs["backbones"] if config["backbones"].get(b, {}).get("kind") == "toy"]
-    if toy_backbones and source != "toy":
-        errors.append(f"captions.source: toy backbones {toy_backbones} only know the toy world's captions; use "
-                      f"source: toy")
-    toy_rewards = [r for r in runs["rewards"] if str(config["rewards"].get(r, {}).get("kind", "")).startswith("toy_")]
-    if toy_rewards and source != "toy":
-        errors.append(f"captions.source: toy rewards {toy_rewards} score the toy world's captions only; use "
-                      f"source: toy")
+    errors += _world_errors(config)
     for b in runs["backbones"]:
         spec = config["backbones"].get(b, {})
         if spec.get("kind") in ("sd3", "flux") and not spec.get("model"):
@@ -345,19 +348,19 @@ def _caption_counts(config: dict, root: Path, errors: list[str]) -> tuple[int, i
         return None
     from .stages.captions import CaptionError, choose, read_prompt_file, split_sizes  # numpy, pandas; no torch
 
-    if source == "toy":
+    if source in WORLDS:
         if eval_source is not None:
-            errors.append("captions.eval_source: needs captions.source to be a prompt file; the toy world's captions "
-                          "are split by captions.eval_fraction (set captions.eval_source: null)")
+            errors.append(f"captions.eval_source: needs captions.source to be a prompt file; world {source!r}'s "
+                          "captions are split by captions.eval_fraction (set captions.eval_source: null)")
             return None
-        return split_sizes(TOY_CAPTIONS, fraction)
+        return split_sizes(len(world_class(source)().captions()), fraction)
 
     files = {}
     for key, name in (("source", source), ("eval_source", eval_source)):
         if name is None:
             continue
         path = root / name
-        toy_or = "'toy' or " if key == "source" else ""
+        toy_or = f"a world ({', '.join(map(repr, WORLDS))}) or " if key == "source" else ""
         if path.suffix not in CAPTION_SUFFIXES:
             errors.append(f"captions.{key}: {name!r} must be {toy_or}a file ending in {list(CAPTION_SUFFIXES)}")
         elif not path.exists():
@@ -406,10 +409,34 @@ def run_matrix(config: dict) -> list[tuple[str, str, str, int]]:
 
 
 def pretrain_spec(config: dict, backbone: str) -> dict:
-    """What the toy backbone stage depends on: the model and its coverage report's sampler, not the GRPO
-    rollout settings (a new noise level must not re-pre-train the model)."""
+    """What the toy backbone stage depends on: the world it learns, the model and its coverage report's
+    sampler, not the GRPO rollout settings (a new noise level must not re-pre-train the model)."""
     b = config["backbones"][backbone]
-    return {k: b[k] for k in ("kind", "model", "eval_steps", "guidance_scale") if k in b}
+    return {**{k: b[k] for k in ("kind", "model", "eval_steps", "guidance_scale") if k in b},
+            "world": world_name(config)}
+
+
+def world_name(config: dict) -> str | None:
+    """The world captions.source names (diversegrpo.worlds), or None for a prompt file."""
+    source = config["captions"]["source"]
+    return source if source in WORLDS else None
+
+
+def _world_errors(config: dict) -> list[str]:
+    """Rewards that understand one world's captions only (World.rewards) on other captions, and backbones the
+    pipeline pre-trains (the toy) without a synthetic world's true images to learn."""
+    runs, name, errors = config["runs"], world_name(config), []
+    for world in WORLDS:
+        used = [r for r in runs["rewards"] if config["rewards"].get(r, {}).get("kind") in world_class(world).rewards]
+        if used and name != world:
+            errors.append(f"captions.source: rewards {used} score the captions of world {world!r} only; use "
+                          f"source: {world}")
+    pretrained = [b for b in runs["backbones"] if config["backbones"].get(b, {}).get("kind") in PRETRAINED_BACKBONES]
+    if pretrained and not (name and world_class(name).synthetic):
+        synthetic = [w for w in WORLDS if world_class(w).synthetic]
+        errors.append(f"captions.source: backbones {pretrained} are pre-trained on a synthetic world's images; use "
+                      f"source: one of {synthetic}")
+    return errors
 
 
 # The train section's keys that shape the run rather than its GRPO step: run_spec puts them at the top of the
@@ -456,11 +483,15 @@ def run_spec(config: dict, backbone: str, reward: str, method: str, backbone_dir
         "seed": config["runs"]["seeds"][0] if seed is None else int(seed),
         "device": config["device"],
         "torch_threads": config["torch_threads"],
+        "world": world_name(config),
     }
     # Several processes change the run's random streams, hence its results: they join the spec. One process,
     # the default, stays out of it, so that the key's arrival left every existing run's config.json as it was.
+    # So does the world, for runs on a prompt file: a paper run's config.json is as it was before worlds existed.
     if (processes := spec.pop("processes")) != 1:
         spec["processes"] = processes
+    if spec["world"] is None:
+        del spec["world"]
     return spec
 
 

@@ -6,7 +6,7 @@ of it is computed (`gather`); the LoRA gradients are averaged before each optimi
 that every process takes the same step and the adapters stay equal without a DDP wrapper.
 
 `SingleProcess` is the identity (no torch.distributed at all): a run launched with plain
-`python -m diversegrpo.train` is exactly what it was before multi-process training existed.
+`python -m diversegrpo.stages.train` is exactly what it was before multi-process training existed.
 `TorchDistributed` wraps an initialised default process group; `from_environment` builds it through
 `accelerate.PartialState`, which reads the variables `accelerate launch` / torchrun set (RANK,
 WORLD_SIZE, MASTER_ADDR, ...) and picks gloo on CPU, nccl on CUDA.
@@ -24,6 +24,13 @@ import torch
 # prompts alone while the others wait in a barrier (minutes for FLUX at 28 steps); torch's defaults
 # (10 min for nccl) would call that a hang.
 TIMEOUT = timedelta(hours=2)
+
+
+def resolve_device(name: str) -> torch.device:
+    """config `device`: "auto" is the GPU when there is one."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
 
 
 class Collective(ABC):

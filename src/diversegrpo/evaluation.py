@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import metrics, world
+from . import metrics
 from .creative import cosine_distances
+from .worlds import Labels, World
 
 Reward = Callable[[torch.Tensor, list[str]], torch.Tensor]
 
@@ -23,11 +24,11 @@ def per_prompt(
     prompts: list[str],
     embeddings: torch.Tensor,
     rewards: dict[str, torch.Tensor],
-    labels: world.Labels | None,
+    labels: Labels | None,
     with_ssim: bool = True,
 ) -> pd.DataFrame:
-    """One row per distinct prompt: diversity, SSIM diversity, mean of each reward, and given the toy
-    world's `labels` of the images, the ground-truth valid share, mode coverage and mode entropy."""
+    """One row per distinct prompt: diversity, SSIM diversity, mean of each reward, and given a world's
+    `labels` of the images, the ground-truth valid share, mode coverage and mode entropy."""
     rows = []
     for prompt, members in _members(prompts).items():
         idx = torch.from_numpy(members)
@@ -45,10 +46,10 @@ def _members(prompts: list[str]) -> dict[str, np.ndarray]:
 
 
 def _image_means(
-    members: np.ndarray, rewards: dict[str, torch.Tensor], labels: world.Labels | None
+    members: np.ndarray, rewards: dict[str, torch.Tensor], labels: Labels | None
 ) -> dict[str, float]:
     """Of one prompt's images (indices; a bootstrap resample repeats some): the mean of each reward
-    and, given the toy world's labels, the ground truth."""
+    and, given a world's labels, the ground truth."""
     idx = torch.from_numpy(members)
     row = {f"reward_{name}": float(values[idx].mean()) for name, values in rewards.items()}
     if labels is not None:
@@ -56,17 +57,17 @@ def _image_means(
     return row
 
 
-def _ground_truth(labels: world.Labels, members: np.ndarray) -> dict[str, float]:
-    """Toy world, one prompt's images: valid share, mode coverage and mode entropy."""
+def _ground_truth(labels: Labels, members: np.ndarray) -> dict[str, float]:
+    """One prompt's images: valid share, mode coverage and mode entropy."""
     return {"valid_share": float(labels.valid[members].mean()),
-            **metrics.mode_statistics(labels.mode[members], labels.valid[members], len(world.MODES))}
+            **metrics.mode_statistics(labels.mode[members], labels.valid[members], labels.num_modes)}
 
 
 def bootstrap_standard_errors(
     prompts: list[str],
     embeddings: torch.Tensor,
     rewards: dict[str, torch.Tensor],
-    labels: world.Labels | None,
+    labels: Labels | None,
     resamples: int = BOOTSTRAP_RESAMPLES,
     seed: int = 0,
 ) -> dict[str, float]:
@@ -92,8 +93,8 @@ def bootstrap_standard_errors(
     return {name: float(np.nanstd(v, ddof=1)) for name, v in draws.items()}
 
 
-def world_statistics(images: torch.Tensor, prompts: list[str]) -> dict[str, float]:
-    """Toy world: ground-truth valid share, mode coverage and mode entropy, averaged over prompts."""
+def world_statistics(world: World, images: torch.Tensor, prompts: list[str]) -> dict[str, float]:
+    """The world's ground-truth valid share, mode coverage and mode entropy, averaged over prompts."""
     labels = world.label(images, prompts)
     rows = [_ground_truth(labels, members) for members in _members(prompts).values()]
     return pd.DataFrame(rows).mean().to_dict()

@@ -1,4 +1,4 @@
-# Toy world only: the pipeline pre-trains its own tiny MMDiT on the whole synthetic world (its
+# Toy backbone only: the pipeline pre-trains its own tiny MMDiT on the whole synthetic world (its
 # "pre-training data"); GRPO then fine-tunes on the train captions and is evaluated on held-out ones.
 rule backbone:
     input:

@@ -4,6 +4,7 @@ import sys
 
 from snakemake.settings.types import DeploymentMethod
 from diversegrpo import config as cfg
+from diversegrpo.registry import PRETRAINED_BACKBONES, WORLDS
 
 
 def _check_caption_paths():
@@ -14,7 +15,7 @@ def _check_caption_paths():
     captions = config.get("captions") if isinstance(config.get("captions"), dict) else {}
     for key in ("source", "eval_source"):
         name = captions.get(key)
-        if not isinstance(name, str) or name == "toy" or Path(name).is_absolute() or (here / name).exists():
+        if not isinstance(name, str) or name in WORLDS or Path(name).is_absolute() or (here / name).exists():
             continue
         if here.resolve() != base.resolve() and (base / name).exists():
             raise WorkflowError(
@@ -54,7 +55,8 @@ RESULTS = "results"
 PYTHON = "python" if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method else sys.executable
 RUNS = cfg.run_matrix(config)  # (backbone, reward, method, seed)
 SEEDS = config["runs"]["seeds"]
-TOY = {b for b in config["runs"]["backbones"] if config["backbones"][b]["kind"] == "toy"}
+# Backbones pre-trained by the backbone rule, on the synthetic world of captions.source.
+PRETRAINED = {b for b in config["runs"]["backbones"] if config["backbones"][b]["kind"] in PRETRAINED_BACKBONES}
 # Snakemake tracks scripts, not the package they call: a package version bump reruns every stage.
 PACKAGE = ["src/diversegrpo/__init__.py"]
 
@@ -74,7 +76,7 @@ wildcard_constraints:
 
 
 def backbone_dir(backbone):
-    return f"{RESULTS}/backbones/{backbone}" if backbone in TOY else None
+    return f"{RESULTS}/backbones/{backbone}" if backbone in PRETRAINED else None
 
 
 def backbone_inputs(wildcards):
@@ -164,7 +166,7 @@ def all_targets(wildcards=None):
     backbones = config["runs"]["backbones"]
     return [
         *rule_outputs("captions"),
-        *(f for b in backbones if b in TOY for f in rule_outputs("backbone", backbone=b)),
+        *(f for b in backbones if b in PRETRAINED for f in rule_outputs("backbone", backbone=b)),
         *(
             f
             for run in RUNS
@@ -203,7 +205,7 @@ def train_processes(method):
 
 
 class TrainLauncher:
-    """What starts `-m diversegrpo.train` for a run of `processes` processes: the interpreter itself for
+    """What starts `-m diversegrpo.stages.train` for a run of `processes` processes: the interpreter itself for
     one, `accelerate launch` for several. `--multi_gpu` selects accelerate's torchrun launcher, the one
     that starts N local processes (`--cpu` would start one); on a CPU-only run the processes then talk
     over gloo (diversegrpo.distributed). `--main_process_port 0`: a free port, so that runs sharing a
@@ -256,7 +258,7 @@ def sample_params(wildcards):
 def evaluate_params(backbone, reward, method, seed):
     return {
         "features": config["features"],
-        "toy_world": config["backbones"][backbone]["kind"] == "toy",
+        "world": cfg.world_name(config),
         "labels": {"backbone": backbone, "reward": reward, "method": method, "seed": int(seed)},
         "torch_threads": config["torch_threads"],
     }

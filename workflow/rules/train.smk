@@ -17,8 +17,8 @@ rule run_config:
         "../../scripts/run_config.py"
 
 
-# Through shell: `python -m diversegrpo.train` for one process, `accelerate launch ... -m
-# diversegrpo.train` when train.processes > 1 (TrainLauncher in common.smk).
+# Through shell: `python -m diversegrpo.stages.train` for one process, `accelerate launch ... -m
+# diversegrpo.stages.train` when train.processes > 1 (TrainLauncher in common.smk).
 rule train:
     input:
         config=rules.run_config.output[0],
@@ -39,4 +39,4 @@ rule train:
         out=lambda w: run_path(w.backbone, w.reward, w.method, w.seed),
         launch=lambda w: TrainLauncher(train_processes(w.method)),
     shell:
-        "{params.launch} -m diversegrpo.train --run-config {input.config} --out {params.out} > {log} 2>&1"
+        "{params.launch} -m diversegrpo.stages.train --run-config {input.config} --out {params.out} > {log} 2>&1"

@@ -1,5 +1,5 @@
 """The embedded default's backbone: diffusers' own SD3 MMDiT, tiny, in pixel space, with a text
-encoder of the project's own (one learned vector per word of the toy vocabulary)."""
+encoder of the project's own (one learned vector per word of its synthetic world's vocabulary)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .. import world
 from ..io import reading, save_safetensors, write_json
+from ..registry import build_world
+from ..worlds import World
 from .base import Backbone, Conditioning
 
-NULL = "<null>"
-VOCAB = [NULL, *world.COLOURS, *world.SHAPES]
+NULL = "<null>"  # the word of the empty prompt (classifier-free guidance), id 0
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 # The toy's own choice, deliberately not derived from sd3.LORA_TARGETS: the attention projections of
 # the joint blocks, by bare name. The toy has no second attention (`attn2`), so these adapt the same
@@ -27,7 +27,8 @@ LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", 
 
 @dataclass
 class ToyConfig:
-    image_size: int = world.IMAGE_SIZE
+    world: str = "toy"  # the synthetic world it learns (registry.WORLDS): its vocabulary and image size
+    image_size: int = 16
     # 8 x 8 patches: 4 tokens, each with a quarter of the shape and a share of the background. The width
     # must exceed a patch's 8 * 8 * 3 = 192 values, or the noise part of the velocity cannot pass through.
     patch_size: int = 8
@@ -54,20 +55,24 @@ class ToyConfig:
 
 
 class ToyTextEncoder(nn.Module):
-    """prompt -> (colour, shape) tokens -> (B, 2, D) states and a (B, D) pooled vector."""
+    """prompt -> its world's words (toy world: colour, shape) -> (B, L, D) states and a (B, D) pooled vector."""
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, world: World):
         super().__init__()
-        self.token = nn.Embedding(len(VOCAB), dim)
-        self.position = nn.Parameter(torch.zeros(2, dim))
+        self.world = world
+        self.vocabulary = [NULL, *world.vocabulary()]
+        self.length = len(world.words(world.captions()[0]))  # L: every caption has as many words
+        self.token = nn.Embedding(len(self.vocabulary), dim)
+        self.position = nn.Parameter(torch.zeros(self.length, dim))
         self.pool = nn.Linear(dim, dim)
 
     def token_ids(self, prompts: list[str]) -> torch.Tensor:
-        ids = [[0, 0] if p == "" else [VOCAB.index(w) for w in world.parse(p)] for p in prompts]
+        ids = [[0] * self.length if p == "" else [self.vocabulary.index(w) for w in self.world.words(p)]
+               for p in prompts]
         return torch.tensor(ids, dtype=torch.long, device=self.position.device)
 
     def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        states = self.token(ids) + self.position  # (B, 2, D)
+        states = self.token(ids) + self.position  # (B, L, D)
         return states, self.pool(states.mean(dim=1))
 
 
@@ -88,7 +93,7 @@ class ToyBackbone(Backbone):
         self.config = config or ToyConfig()
         self.device = torch.device(device)
         self.transformer = SD3Transformer2DModel(**self.config.transformer_kwargs()).to(self.device)
-        self.text_encoder = ToyTextEncoder(self.config.text_dim).to(self.device)
+        self.text_encoder = ToyTextEncoder(self.config.text_dim, build_world(self.config.world)).to(self.device)
         self.latent_shape = (3, self.config.image_size, self.config.image_size)
         self.shift = self.config.shift
         self.lora_pipeline_class = SD3LoraLoaderMixin

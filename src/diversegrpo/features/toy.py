@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .. import world
+from ..worlds import toy as world
 
 _CENTRE = torch.tensor(list(world.TINTS.values())).mean(dim=0).view(1, 3, 1, 1)  # (1, 3, 1, 1)
 

@@ -16,7 +16,7 @@ import math
 import numpy as np
 import torch
 
-from .. import world
+from ..worlds import toy as world
 
 TASTE = 0.02  # default weight of the palette preference (config: rewards.<name>.taste)
 _TASTE_RANGE = 0.5  # colour distance from the preferred tint at which the taste reaches 0

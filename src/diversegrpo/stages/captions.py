@@ -186,14 +186,14 @@ def unique(source: PromptFile, label: str, notes: list[str]) -> tuple[list[str],
 
 def choose(source: PromptFile | list[str], eval_source: PromptFile | None, eval_fraction: float | None,
            seed: int) -> Captions:
-    """Train and eval prompts of `source` (a prompt file, or the toy world's caption list) and, when
+    """Train and eval prompts of `source` (a prompt file, or a world's caption list) and, when
     given, `eval_source`, as the module docstring says. Deterministic: the validation counts these."""
     notes: list[str] = []
     if isinstance(source, PromptFile):
         prompts, keys = unique(source, "captions.source", notes)
     else:
         prompts = list(source)
-        notes.append(f"captions.source toy: the world's {len(prompts)} captions")
+        notes.append(f"captions.source: a world's {len(prompts)} captions")
     if eval_source is None:
         if eval_fraction is None:
             raise CaptionError(
@@ -210,7 +210,7 @@ def choose(source: PromptFile | list[str], eval_source: PromptFile | None, eval_
         )
         return Captions(train, held_out, notes)
     if not isinstance(source, PromptFile):
-        raise CaptionError("captions.eval_source needs captions.source to be a prompt file; the toy world's captions "
+        raise CaptionError("captions.eval_source needs captions.source to be a prompt file; a world's captions "
                            "are split by captions.eval_fraction")
     if eval_fraction is not None:
         raise CaptionError(f"captions.eval_fraction {eval_fraction} is not used when captions.eval_source is set; "
@@ -250,10 +250,10 @@ def make_captions(source: str, eval_source: str | None, eval_fraction: float | N
     """Write the train / eval caption tables; print what was read and dropped (the stage's log)."""
     import pandas as pd
 
-    from .. import world
     from ..io import write_parquet
+    from ..registry import WORLDS, build_world
 
-    train_source = [c["prompt"] for c in world.captions()] if source == "toy" else read_prompt_file(source)
+    train_source = build_world(source).captions() if source in WORLDS else read_prompt_file(source)
     captions = choose(train_source, read_prompt_file(eval_source) if eval_source else None, eval_fraction, seed)
     print(*captions.notes, sep="\n")
     for name, subset, path in (("train", captions.train, train_path), ("eval", captions.eval, eval_path)):

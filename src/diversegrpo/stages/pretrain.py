@@ -1,5 +1,5 @@
-"""Pre-training the toy backbone: rectified-flow matching on the synthetic world, then a coverage
-report of the base model (share of valid samples, mode histogram per caption)."""
+"""Pre-training the toy backbone: rectified-flow matching on a synthetic world's true images, then a
+coverage report of the base model (share of valid samples, mode histogram per caption)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from .. import world
 from ..backbones.toy import ToyBackbone, ToyConfig
 from ..io import write_parquet
+from ..registry import build_world
 from ..sampling import sample_images
+from ..worlds import World
 
 
 @dataclass
@@ -42,9 +43,11 @@ def flow_matching_loss(
 def pretrain(
     train_prompts: list[str], config: ToyConfig, settings: PretrainSettings
 ) -> tuple[ToyBackbone, pd.DataFrame]:
-    """Train from scratch on the world's images of `train_prompts`; returns the model and its loss log."""
+    """Train from scratch on the true images of `train_prompts` in the config's world; returns the model and
+    its loss log."""
     torch.manual_seed(settings.seed)
     backbone = ToyBackbone(config)
+    world = backbone.text_encoder.world
     modules = backbone.trainable_modules().train()
     optimizer = torch.optim.AdamW(modules.parameters(), lr=settings.lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
@@ -54,7 +57,7 @@ def pretrain(
     log, start = [], time.perf_counter()
     for it in tqdm(range(settings.iterations), desc="pre-train", mininterval=5):
         prompts = list(rng.choice(train_prompts, size=settings.batch_size))
-        images, _ = world.sample_images(prompts, rng)
+        images = world.sample_images(prompts, rng)
         prompts = ["" if u < settings.caption_dropout else p for p, u in zip(prompts, rng.random(len(prompts)))]
         loss = flow_matching_loss(backbone, images, prompts, generator)
         optimizer.zero_grad(set_to_none=True)
@@ -69,16 +72,18 @@ def pretrain(
 
 
 def coverage(
-    backbone: ToyBackbone, prompts: list[str], images_per_prompt: int, steps: int, guidance_scale: float, seed: int
+    backbone: ToyBackbone, world: World, prompts: list[str], images_per_prompt: int, steps: int,
+    guidance_scale: float, seed: int,
 ) -> pd.DataFrame:
     """One row per caption: valid share and mode histogram of the base model's ODE samples."""
     rows = []
     for i, prompt in enumerate(prompts):
         images = sample_images(backbone, [prompt] * images_per_prompt, steps, guidance_scale, seed=seed + i)
         labels = world.label(images, [prompt] * images_per_prompt)
-        hist = world.mode_histogram(labels.mode[labels.valid])
+        modes = labels.mode[labels.valid]
+        hist = np.bincount(modes[modes >= 0], minlength=len(world.modes))
         rows.append({"prompt": prompt, "valid_share": float(labels.valid.mean()),
-                     **{f"mode_{m}": int(c) for m, c in zip(world.MODES, hist)}})
+                     **{f"mode_{m}": int(c) for m, c in zip(world.modes, hist)}})
     return pd.DataFrame(rows)
 
 
@@ -92,16 +97,16 @@ def run_pretrain_stage(spec: dict, seed: int, threads: int, out: str) -> None:
     """Snakemake's `backbone` rule: pre-train on every caption of the world, report coverage."""
     torch.set_num_threads(threads)
     model = spec.get("model", {})
-    config = ToyConfig(
-        **{k: model[k] for k in ("patch_size", "num_layers", "num_attention_heads", "attention_head_dim") if k in model}
-    )
+    world = build_world(spec["world"])
+    shape = ("patch_size", "num_layers", "num_attention_heads", "attention_head_dim")
+    config = ToyConfig(world=world.name, image_size=world.image_size, **{k: model[k] for k in shape if k in model})
     settings = PretrainSettings(
         iterations=model.get("pretrain_iterations", 1500), batch_size=model.get("pretrain_batch_size", 64),
         lr=model.get("pretrain_lr", 1e-3), caption_dropout=model.get("caption_dropout", 0.1), seed=seed,
     )
-    prompts = [c["prompt"] for c in world.captions()]
+    prompts = world.captions()
     backbone, log = pretrain(prompts, config, settings)
-    cover = coverage(backbone, prompts, images_per_prompt=16, steps=spec["eval_steps"],
+    cover = coverage(backbone, world, prompts, images_per_prompt=16, steps=spec["eval_steps"],
                      guidance_scale=spec["guidance_scale"], seed=seed)
     print(cover.to_string(), f"\nmean valid share {cover.valid_share.mean():.3f}")
     write_pretrain_artifacts(backbone, log, cover, out)

@@ -8,11 +8,11 @@ import pandas as pd
 import torch
 
 from ..backbones.base import LoraSpec
+from ..distributed import resolve_device
 from ..evaluation import score_rewards
 from ..io import png_bytes, png_tensor, read_parquet, write_parquet
-from ..registry import build_reward
+from ..registry import build_backbone, build_reward
 from ..sampling import sample_images
-from ..train import build_backbone, resolve_device
 
 SPLITS = ("eval", "train")  # the order of the rows; the eval images keep the noise they had alone
 CAPTIONS = {"eval": "evaluation captions", "train": "training captions"}  # what error messages call them

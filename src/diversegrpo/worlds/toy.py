@@ -18,9 +18,14 @@ quadrants). Real preference models have such global tastes too: palette, lightin
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+from . import World
+
+if TYPE_CHECKING:
+    import torch
 
 COLOURS: dict[str, tuple[float, float, float]] = {
     "red": (0.90, 0.15, 0.15),
@@ -100,6 +105,8 @@ def render(colour: str, shape: str, mode: int, offset: tuple[int, int] = (0, 0))
 
 def sample_images(prompts: list[str], rng: np.random.Generator) -> tuple[torch.Tensor, np.ndarray]:
     """(B, 3, 16, 16) true world images for `prompts` with uniformly drawn modes, and the (B,) modes."""
+    import torch
+
     modes = rng.integers(0, len(MODES), size=len(prompts))
     offsets = rng.choice(JITTER, size=(len(prompts), 2))
     images = [render(*parse(p), int(m), tuple(o)) for p, m, o in zip(prompts, modes, offsets)]
@@ -111,6 +118,7 @@ class Labels:
     mode: np.ndarray  # (B,) int: index into MODES, -1 where no object or no clean background was found
     colour_ok: np.ndarray  # (B,) bool
     shape_ok: np.ndarray  # (B,) bool
+    num_modes: int = len(MODES)
 
     @property
     def valid(self) -> np.ndarray:
@@ -119,6 +127,8 @@ class Labels:
 
 def background(images: torch.Tensor) -> torch.Tensor:
     """(B, 3) background colour of (B, 3, H, W) images: the median of their border pixels."""
+    import torch
+
     border = torch.cat([images[:, :, 0], images[:, :, -1], images[:, :, 1:-1, 0], images[:, :, 1:-1, -1]], dim=2)
     return border.median(dim=2).values
 
@@ -137,6 +147,8 @@ def foreground(images: torch.Tensor, colours: torch.Tensor | None = None) -> tor
 
 def tint_distances(colours: torch.Tensor) -> torch.Tensor:
     """(B, 4) colour distance of (B, 3) background colours to each mode's tint."""
+    import torch
+
     return torch.cdist(colours.float(), torch.tensor(list(TINTS.values())))
 
 
@@ -188,6 +200,26 @@ def _best_shape(mask: np.ndarray, centre: tuple[float, float]) -> str:
     return max(ious, key=ious.get)
 
 
-def mode_histogram(modes: np.ndarray) -> np.ndarray:
-    """(4,) counts of each mode (objects not found are left out)."""
-    return np.bincount(modes[modes >= 0], minlength=len(MODES))
+class ToyWorld(World):
+    """The embedded default's world, as the pipeline sees it (`captions.source: toy`)."""
+
+    name = "toy"
+    modes = MODES
+    rewards = ("toy_colour", "toy_contrast", "toy_oracle")  # they parse the caption's colour and shape
+    synthetic = True
+    image_size = IMAGE_SIZE
+
+    def captions(self) -> list[str]:
+        return [c["prompt"] for c in captions()]
+
+    def label(self, images: torch.Tensor, prompts: list[str]) -> Labels:
+        return label(images, prompts)
+
+    def sample_images(self, prompts: list[str], rng: np.random.Generator) -> torch.Tensor:
+        return sample_images(prompts, rng)[0]
+
+    def vocabulary(self) -> list[str]:
+        return [*COLOURS, *SHAPES]
+
+    def words(self, prompt: str) -> list[str]:
+        return list(parse(prompt))

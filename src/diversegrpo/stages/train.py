@@ -1,4 +1,4 @@
-"""A training run: `python -m diversegrpo.train --run-config RUN.json --out DIR`.
+"""A training run: `python -m diversegrpo.stages.train --run-config RUN.json --out DIR`.
 
 Writes DIR/lora/pytorch_lora_weights.safetensors (diffusers-loadable), DIR/log.parquet (one row per
 iteration) and DIR/curve.parquet (ODE evaluations on held-out prompts every `eval_every` iterations,
@@ -11,7 +11,7 @@ and the toy backbone's weights). A rerun with anything changed ignores the stale
 stderr, and starts over; so does a rerun after a checkpoint that cannot be read. A checkpoint whose
 LoRA or optimizer state holds a NaN / inf is never written: the last good one stays.
 
-Several processes (`accelerate launch --num_processes N -m diversegrpo.train ...`, one per GPU; the
+Several processes (`accelerate launch --num_processes N -m diversegrpo.stages.train ...`, one per GPU; the
 run config's `processes` must equal N) train one run together: each samples group_size / N images of
 every prompt (see trainer.py). Only the main process writes (checkpoints, LoRA, Parquet files) and shows
 progress; every process resumes from the same checkpoint.
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -34,17 +35,21 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from . import __version__, distributed, tracking, trainer, world
-from .backbones.base import Backbone, LoraSpec
-from .ema import EMA
-from .evaluation import per_prompt, score_rewards, world_statistics
-from .io import load_state, non_finite, reading, remove_stale_temps, save_state, write_parquet
-from .registry import BACKBONES, build_features, build_reward, resolve
-from .sampling import sample_images
+from .. import __version__, distributed, tracking, trainer
+from ..backbones.base import LoraSpec
+from ..ema import EMA
+from ..evaluation import per_prompt, score_rewards, world_statistics
+from ..io import load_state, non_finite, reading, remove_stale_temps, save_state, write_parquet
+from ..registry import build_backbone, build_features, build_reward, build_world
+from ..sampling import sample_images
 
 CHECKPOINT = "checkpoints/state.pt"
 # Files of a backbone directory whose bytes join the config hash (the toy world's pre-trained model).
 BACKBONE_FILES = ("config.json", "model.safetensors")
+
+
+# Run-config fields with the value a run config that lacks them means (they were added after runs existed).
+ABSENT = {"processes": 1, "world": None}
 
 
 def config_hash(config: dict) -> str:
@@ -53,8 +58,8 @@ def config_hash(config: dict) -> str:
     of the backbone's weights when `backbone.path` holds them (a re-pre-trained toy model).
     Paper backbones (Hugging Face ids / large directories) enter through their spec only."""
     h = hashlib.sha256()
-    if config.get("processes") == 1:  # the default: one process hashes as runs did before the key existed
-        config = {k: v for k, v in config.items() if k != "processes"}
+    # a field at the value its absence means hashes as runs did before the field existed
+    config = {k: v for k, v in config.items() if k not in ABSENT or v != ABSENT[k]}
     h.update(json.dumps(config, sort_keys=True, separators=(",", ":"), default=str).encode())
     h.update(f"diversegrpo {__version__}".encode())
     path = config.get("backbone", {}).get("path")
@@ -86,6 +91,7 @@ class RunConfig:
     device: str
     torch_threads: int
     processes: int = 1  # training processes of this one run (absent from a run config: 1; config.run_spec)
+    world: str | None = None  # the world of the captions, whose ground truth the logs add (absent: a prompt file)
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
@@ -106,16 +112,6 @@ def _require_every_field(settings: type, values: dict, where: str) -> None:
                          f"with the run_config rule)")
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def build_backbone(spec: dict, device) -> Backbone:
-    return resolve(BACKBONES, spec["kind"], "backbone").from_spec(spec, device=device)
-
-
 def iteration_rng(seed: int, iteration: int, rank: int = 0) -> tuple[np.random.Generator, torch.Generator]:
     """The randomness of one iteration, a pure function of (seed, iteration): resumes need no RNG state.
 
@@ -134,12 +130,13 @@ class Run:
 
     def __init__(self, cfg: RunConfig, out: Path, collective: distributed.Collective | None = None):
         self.cfg, self.out = cfg, Path(out)
-        self.collective = collective or distributed.SingleProcess(resolve_device(cfg.device))
+        self.collective = collective or distributed.SingleProcess(distributed.resolve_device(cfg.device))
         if cfg.processes != self.collective.world_size:
             raise ValueError(
                 f"the run config asks for {cfg.processes} training process(es) but {self.collective.world_size} were "
-                f"launched; start it with `accelerate launch --num_processes {cfg.processes} -m diversegrpo.train ...` "
-                f"(the workflow's train rule does), or with plain `python -m diversegrpo.train ...` for 1"
+                f"launched; start it with `accelerate launch --num_processes {cfg.processes} "
+                f"-m diversegrpo.stages.train ...` "
+                f"(the workflow's train rule does), or with plain `python -m diversegrpo.stages.train ...` for 1"
             )
         trainer.per_process_group_size(cfg.train.group_size, self.collective.world_size)  # fails before any work
         tracking.chosen()  # DIVERSEGRPO_TRACKER: an unknown or missing tracker fails before any work too
@@ -152,6 +149,7 @@ class Run:
         self.backbone.check_lora_saving()  # now, not after the last iteration
         self.reward = build_reward(cfg.reward, self.device)
         self.embedder = build_features(cfg.features, self.device)
+        self.world = build_world(cfg.world)
         self.optimizer = torch.optim.AdamW(self.backbone.lora_parameters(), lr=cfg.train.lr, weight_decay=1e-4)
         self.ema = EMA(self.backbone.lora_parameters(), cfg.train.ema) if cfg.train.ema else None
         self.iteration, self.log, self.curve = 0, [], []
@@ -236,14 +234,14 @@ class Run:
                                    seed=cfg.seed, batch_size=batch, decode_batch=min(batch, 8))
         self.tracker.log_images(self.iteration, images, n, prompts)  # a few of them, live (tracking.py)
         rewards = score_rewards(images, prompts, {"reward": self.reward})
-        labels = world.label(images, prompts) if cfg.backbone["kind"] == "toy" else None
+        labels = self.world.label(images, prompts) if self.world else None
         table = per_prompt(images, prompts, self.embedder(images), rewards, labels, with_ssim=False)
         return {"iteration": self.iteration, **table.drop(columns=["prompt", "n_images"]).mean().to_dict()}
 
     def step(self) -> None:
         rng, generator = iteration_rng(self.cfg.seed, self.iteration, self.collective.rank)
         prompts = list(rng.choice(self.cfg.train_prompts, size=self.cfg.train.prompts_per_iteration, replace=False))
-        statistics = world_statistics if self.cfg.backbone["kind"] == "toy" else None
+        statistics = functools.partial(world_statistics, self.world) if self.world else None
         result = trainer.grpo_iteration(
             self.backbone, self.optimizer, prompts, self.reward, self.embedder, self.cfg.method, self.cfg.train,
             generator, rollout_statistics=statistics, collective=self.collective, ema=self.ema,
@@ -355,7 +353,7 @@ def main(argv: list[str] | None = None) -> None:
         with lock:
             with reading("run config", args.run_config, "run_config"):
                 cfg = RunConfig.from_dict(json.loads(args.run_config.read_text()))
-            collective = distributed.from_environment(resolve_device(cfg.device))
+            collective = distributed.from_environment(distributed.resolve_device(cfg.device))
             run = Run(cfg, args.out, collective)
             run.train()
             run.finish()
