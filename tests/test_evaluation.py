@@ -71,3 +71,20 @@ def test_two_images_per_prompt_still_give_a_finite_diversity_error():
 def test_paper_table_of_a_base_run_alone_is_empty_not_an_error():
     base_only = _table({"diversity": [0.02, 0.1]}).iloc[:1]
     assert tables.paper_table(base_only, ["colour"]).empty
+
+
+def test_world_statistics_give_each_mode_s_share_and_mean_reward():
+    """The training log's w_k and r_k: true world images of known modes, a reward of known values."""
+    from diversegrpo.evaluation import world_statistics
+
+    prompts = ["a red disc"] * 8
+    rng = np.random.default_rng(0)
+    images, modes = world.sample_images(prompts, rng)
+    reward = torch.arange(8, dtype=torch.float32)
+    out = world_statistics(world.ToyWorld(), images, prompts, {"quality": reward})
+    for k, mode in enumerate(world.MODES):
+        members = modes == k
+        assert out[f"mode_share_{mode}"] == members.mean()
+        expected = float(reward[torch.from_numpy(members)].mean()) if members.any() else math.nan
+        assert out[f"mode_quality_{mode}"] == pytest.approx(expected, nan_ok=True)
+    assert out["valid_share"] == 1.0

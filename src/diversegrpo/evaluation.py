@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import numpy as np
@@ -93,11 +94,22 @@ def bootstrap_standard_errors(
     return {name: float(np.nanstd(v, ddof=1)) for name, v in draws.items()}
 
 
-def world_statistics(world: World, images: torch.Tensor, prompts: list[str]) -> dict[str, float]:
-    """The world's ground-truth valid share, mode coverage and mode entropy, averaged over prompts."""
+def world_statistics(world: World, images: torch.Tensor, prompts: list[str],
+                     rewards: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
+    """The world's ground-truth valid share, mode coverage and mode entropy, averaged over prompts; and over the
+    whole batch, each mode's share of the images a mode was found in (`mode_share_<mode>`) and the mean of each
+    (B,) reward of `rewards` over that mode's images (`mode_<name>_<mode>`, NaN without one): the replicator
+    dynamics' w_k and r_k (dynamics.py)."""
     labels = world.label(images, prompts)
     rows = [_ground_truth(labels, members) for members in _members(prompts).values()]
-    return pd.DataFrame(rows).mean().to_dict()
+    out = pd.DataFrame(rows).mean().to_dict()
+    found = labels.mode >= 0
+    for k, mode in enumerate(world.modes):
+        members = labels.mode == k
+        out[f"mode_share_{mode}"] = float(members.sum() / max(found.sum(), 1))
+        for name, values in (rewards or {}).items():
+            out[f"mode_{name}_{mode}"] = float(values[torch.from_numpy(members)].mean()) if members.any() else math.nan
+    return out
 
 
 def score_rewards(images: torch.Tensor, prompts: list[str], rewards: dict[str, Reward]) -> dict[str, torch.Tensor]:

@@ -33,7 +33,8 @@ from .sampling import Rollout, sample_rollout
 from .sde import sde_step
 
 Embedder = Callable[[torch.Tensor], torch.Tensor]
-RolloutStatistics = Callable[[torch.Tensor, list[str]], dict]
+# (images, prompts, {"quality": (B,), "reward": (B,) what the advantages see}) -> numbers for the log
+RolloutStatistics = Callable[[torch.Tensor, list[str], dict[str, torch.Tensor]], dict]
 
 
 # ----- settings: a run config's `method` and `train`, field for field (documented in config/config.yaml) -------
@@ -128,10 +129,10 @@ def grpo_iteration(
 ) -> IterationLog:
     """sample -> score -> advantages -> train; returns the iteration's log.
 
-    `rollout_statistics(images, prompts)` adds world-specific numbers to the log (the toy world's
-    ground-truth modes), computed on the rollout before the update. With several processes each samples
-    group_size / world_size images of every prompt with its own `generator`; the log describes the
-    whole batch, the same on every process."""
+    `rollout_statistics(images, prompts, rewards)` adds world-specific numbers to the log (a world's
+    ground-truth modes, and each mode's mean quality and reward), computed on the rollout before the update.
+    With several processes each samples group_size / world_size images of every prompt with its own
+    `generator`; the log describes the whole batch, the same on every process."""
     clock = _Clock()
     rollout = sample(backbone, prompts, settings, generator, collective)
     clock.lap("sample")
@@ -139,7 +140,8 @@ def grpo_iteration(
     advantages = group_advantages(scores.rewards, scores.layout.group_ids, settings.global_std, settings.adv_clip)
     extra = {}
     if rollout_statistics:  # the images travel only for these statistics (the toy world's small ones)
-        extra = rollout_statistics(scores.layout.whole(rollout.images, collective), scores.prompts)
+        extra = rollout_statistics(scores.layout.whole(rollout.images, collective), scores.prompts,
+                                   {"quality": scores.quality, "reward": scores.rewards})
     clock.lap("score")
     own = advantages[scores.layout.own].to(rollout.latents.device)  # (b,) this process's samples, moved once
     stats = train_on_rollout(backbone, optimizer, rollout, own, method, settings, generator, collective, ema=ema)
