@@ -35,7 +35,7 @@ BAD_CONFIGS = [
     ("unknown sde type", {"backbones": {"toy": {"sde_type": "ode"}}}, "backbones.toy.sde_type: 'ode' is not one of ['sde', 'cps']"),
     ("unknown creative mix", {"methods": {"diverse_grpo": {"creative": {"mix": "zscore"}}}}, "creative.mix: 'zscore' is not one of ['raw', 'standardised']"),
     ("unknown device", {"device": "gpu"}, "device: 'gpu' is not one of ['auto', 'cpu', 'cuda']"),
-    ("unknown top-level key", {"iterations": 5}, "('iterations' was unexpected); allowed keys: ['backbones', 'captions'"),
+    ("unknown top-level key", {"iterations": 5}, "('iterations' was unexpected); allowed keys: ['analyses', 'backbones', 'captions'"),
     ("typo in train", {"train": {"learning_rate": 1e-3}}, "train: Additional properties are not allowed ('learning_rate' was unexpected)"),
     ("typo in a method's train", {"methods": {"sa_reg": {"train": {"group": 8}}}}, "methods.sa_reg.train: Additional properties are not allowed ('group' was unexpected)"),
     ("unknown lora key", {"backbones": {"toy": {"lora": {"dropout": 0.1}}}}, "backbones.toy.lora: Additional properties are not allowed ('dropout' was unexpected)"),

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 # the full run is cut to 1 reward x {flow_grpo, diverse_grpo} to stay short
 MATRIX = {"backbones": ["toy"], "rewards": ["colour"], "methods": ["flow_grpo", "diverse_grpo"], "seeds": [0]}
-PHASES = ["captions", "backbone", "train", "sample", "evaluate", "report"]
+PHASES = ["captions", "backbone", "train", "sample", "evaluate", "report", "analyses"]
 
 
 def leaves(d: dict, prefix: str = ""):

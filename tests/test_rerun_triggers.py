@@ -28,6 +28,7 @@ SEED = 0  # the tiny config's one seed (runs.seeds): a directory level of every 
 JOBS = [f"{run}/{SEED}" for run in RUNS]  # a run's jobs, as jobs_in_log names them (the wildcards' values)
 BASE = f"toy/{SEED}"  # the base model's sample_base / evaluate_base jobs
 REPORT = {("report", ""): 1, ("all", ""): 1}
+ANALYSES = {("analyses", ""): 1}  # a run's new log or curve, or a new budget
 # The README's "Stages and artifacts" table, for the tiny config's matrix (toy x 2 rewards x 3 methods)
 ARTIFACTS = {
     "results/captions/train.parquet", "results/captions/eval.parquet",
@@ -40,6 +41,8 @@ ARTIFACTS = {
     *(f"results/metrics/{run}/seed{SEED}/metrics.parquet" for run in [*RUNS, "toy/base"]),
     *(f"results/report/{f}" for f in ("table.md", "table.tex", "summary.json", "pareto.png",
                                       "pareto.csv", "curves.png", "grids/toy_colour.png", "grids/toy_contrast.png")),
+    *(f"results/analyses/budget/{run}/seed{SEED}.parquet" for run in [*RUNS, "toy/base"]),
+    *(f"results/analyses/{f}.{ext}" for f in ("budget", "efficiency", "replicator") for ext in ("parquet", "png")),
 }
 
 
@@ -87,10 +90,13 @@ def test_rule_all_requests_every_artifact(tree):
     ("results/report/curves.png", REPORT),
     ("results/report/table.tex", REPORT),
     (f"results/runs/toy/colour/diverse_grpo/seed{SEED}/lora/pytorch_lora_weights.safetensors",
-     {**{(rule, f"toy/colour/diverse_grpo/{SEED}"): 1 for rule in ("train", "sample", "evaluate")}, **REPORT}),
+     {**{(rule, f"toy/colour/diverse_grpo/{SEED}"): 1 for rule in ("train", "sample", "evaluate", "budget")},
+      **REPORT, **ANALYSES}),
     ("results/backbones/toy/config.json",
-     {("backbone", "toy"): 1, ("sample_base", BASE): 1, ("evaluate_base", BASE): 1,
-      **{(rule, run): 1 for run in JOBS for rule in ("train", "sample", "evaluate")}, **REPORT}),
+     {("backbone", "toy"): 1, ("sample_base", BASE): 1, ("evaluate_base", BASE): 1, ("budget_base", BASE): 1,
+      **{(rule, run): 1 for run in JOBS for rule in ("train", "sample", "evaluate", "budget")}, **REPORT,
+      **ANALYSES}),
+    ("results/analyses/replicator.png", {**ANALYSES, ("all", ""): 1}),
 ])
 def test_a_deleted_artifact_is_planned_with_what_depends_on_it(tree, name, jobs):
     path = tree / name
@@ -111,9 +117,9 @@ def overlay(tree: Path, settings: dict) -> str:
 
 def test_a_changed_hyper_parameter_reruns_its_jobs_without_snakemake_metadata(tree):
     beta = overlay(tree, {"methods": {"diverse_grpo": {"creative": {"beta": 2.5}}}})
-    expected = collections.Counter(REPORT)
+    expected = collections.Counter({**REPORT, **ANALYSES})
     expected.update({(rule, f"toy/{r}/diverse_grpo/{SEED}"): 1 for r in ("colour", "contrast")
-                     for rule in ("run_config", "train", "sample", "evaluate")})
+                     for rule in ("run_config", "train", "sample", "evaluate", "budget")})
     assert planned(tree, beta) == expected
     assert not (tree / ".snakemake/metadata").exists() or not any((tree / ".snakemake/metadata").iterdir())
     # the config the tree was made with again (after that dry run): nothing to do
@@ -124,13 +130,16 @@ def test_a_new_seed_plans_its_own_jobs_and_keeps_the_others(tree):
     """runs.seeds [0] -> [0, 1]: every run is trained, sampled and evaluated with seed 1 and the base model sampled
     with it; the report aggregates them; nothing of seed 0 reruns. And back: nothing to do."""
     more = overlay(tree, {"runs": {"seeds": [SEED, 1]}})
-    expected = collections.Counter(REPORT)
-    expected.update({(rule, f"{run}/1"): 1 for run in RUNS for rule in ("run_config", "train", "sample", "evaluate")})
-    expected.update({("sample_base", "toy/1"): 1, ("evaluate_base", "toy/1"): 1})
+    expected = collections.Counter({**REPORT, **ANALYSES})
+    expected.update({(rule, f"{run}/1"): 1 for run in RUNS
+                     for rule in ("run_config", "train", "sample", "evaluate", "budget")})
+    expected.update({("sample_base", "toy/1"): 1, ("evaluate_base", "toy/1"): 1, ("budget_base", "toy/1"): 1})
     assert planned(tree, more) == expected
     assert planned(tree) == collections.Counter()
 
 
+RUN_RULES = ("run_config", "train", "sample", "evaluate", "budget")
+BASE_JOBS = {("sample_base", BASE): 1, ("evaluate_base", BASE): 1, ("budget_base", BASE): 1}
 SETTINGS = {
     "report": ({"report": {"grid_images": 2}}, REPORT),
     "sample": ({"sample": {"images_per_prompt": 8}},
@@ -138,17 +147,16 @@ SETTINGS = {
                 **{(rule, run): 1 for run in JOBS for rule in ("sample", "evaluate")}, **REPORT}),
     # features are in every run's config.json too; evaluate_base reruns by its own params file alone
     "evaluate": ({"features": {"kind": "toy", "fid": {"kind": "toy"}}},
-                 {("evaluate_base", BASE): 1,
-                  **{(rule, run): 1 for run in JOBS for rule in ("run_config", "train", "sample", "evaluate")},
-                  **REPORT}),
+                 {("evaluate_base", BASE): 1, ("budget_base", BASE): 1,
+                  **{(rule, run): 1 for run in JOBS for rule in RUN_RULES}, **REPORT, **ANALYSES}),
     "backbone": ({"backbones": {"toy": {"model": {"pretrain_lr": 3e-3}}}},
-                 {("backbone", "toy"): 1, ("sample_base", BASE): 1, ("evaluate_base", BASE): 1,
-                  **{(rule, run): 1 for run in JOBS for rule in ("run_config", "train", "sample", "evaluate")},
-                  **REPORT}),
+                 {("backbone", "toy"): 1, **BASE_JOBS, **{(rule, run): 1 for run in JOBS for rule in RUN_RULES},
+                  **REPORT, **ANALYSES}),
     "captions": ({"captions": {"eval_fraction": 0.5}},
-                 {("captions", ""): 1, ("backbone", "toy"): 0, ("sample_base", BASE): 1, ("evaluate_base", BASE): 1,
-                  **{(rule, run): 1 for run in JOBS for rule in ("run_config", "train", "sample", "evaluate")},
-                  **REPORT}),
+                 {("captions", ""): 1, ("backbone", "toy"): 0, **BASE_JOBS,
+                  **{(rule, run): 1 for run in JOBS for rule in RUN_RULES}, **REPORT, **ANALYSES}),
+    "analyses": ({"analyses": {"budget_branches": 3}},
+                 {("budget_base", BASE): 1, **{("budget", run): 1 for run in JOBS}, **ANALYSES, ("all", ""): 1}),
 }
 
 

@@ -18,7 +18,8 @@ from workflow_helpers import copy_repo
 PLUGINS = Path(__file__).resolve().parent / "plugins"
 DOTS = {"captions": {"source": "dots"}, "rewards": {"light": {"kind": "dots_light"}},
         "runs": {"backbones": ["toy"], "rewards": ["light"], "methods": ["flow_grpo", "diverse_grpo"]},
-        "train": {"prompts_per_iteration": 2, "eval_prompts": 1}, "report": {"grid_prompts": 1}}  # 3 train, 1 eval
+        "train": {"prompts_per_iteration": 2, "eval_prompts": 1}, "report": {"grid_prompts": 1},
+        "analyses": {"budget_prompts": 1}}  # 3 train captions, 1 held out
 
 
 @pytest.fixture

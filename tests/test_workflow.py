@@ -124,7 +124,29 @@ REPORTED = {  # file -> the caption under workflow/report/ that describes it
     "results/report/curves.png": "curves.rst",
     "results/report/grids/toy_colour.png": "grid.rst",
     "results/report/grids/toy_contrast.png": "grid.rst",
+    "results/analyses/efficiency.png": "efficiency.rst",
+    "results/analyses/replicator.png": "replicator.rst",
+    "results/analyses/budget.png": "budget.rst",
 }
+
+
+@pytest.mark.slow
+def test_analyses_tables(tiny_run):
+    """One row per run (efficiency, replicator); per run and base, the budget from 0 (nothing shared) to 1 (all)."""
+    runs = {("toy", r, m, 0) for r, m in RUNS}
+    efficiency = pd.read_parquet(tiny_run / "results/analyses/efficiency.parquet")
+    assert set(zip(efficiency.backbone, efficiency.reward, efficiency.method, efficiency.seed)) == runs
+    assert (efficiency.last_iteration == TINY["train"]["iterations"]).all()
+    replicator = pd.read_parquet(tiny_run / "results/analyses/replicator.parquet")
+    assert set(zip(replicator.backbone, replicator.reward, replicator.method, replicator.seed)) == runs
+    assert (replicator.eta >= 0).all()
+    budget = pd.read_parquet(tiny_run / "results/analyses/budget.parquet")
+    draws = TINY["backbones"]["toy"]["train_steps"] + 1
+    for _, table in budget.groupby(["reward", "method"]):
+        assert sorted(table.j) == list(range(draws + 1)) * TINY["analyses"]["budget_prompts"]
+        assert (table[table.j == 0].budget == 0).all()
+        assert table[table.j == draws].budget.to_numpy() == pytest.approx(1.0, abs=1e-5)
+    assert ("base", "base") in set(zip(budget.reward, budget.method))
 
 
 def first_line(rst: Path) -> str:

@@ -277,6 +277,9 @@ def semantic_errors(config: dict, root: Path = Path(".")) -> list[str]:
     if report.get("grid_prompts", 0) > shown and shown < 10**9:
         errors.append(f"report.grid_prompts: {report['grid_prompts']} exceeds the {shown} sampled evaluation prompts "
                       f"(sample.max_prompts / held-out prompts); allowed: 1..{shown}")
+    if counts and config["analyses"]["budget_prompts"] > counts[1]:
+        errors.append(f"analyses.budget_prompts: {config['analyses']['budget_prompts']} exceeds the {counts[1]} "
+                      f"held-out prompts; allowed: 1..{counts[1]}")
     return list(dict.fromkeys(errors))  # one message per problem, not one per method sharing it
 
 

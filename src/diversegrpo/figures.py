@@ -7,6 +7,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
@@ -120,6 +121,56 @@ def plot_grid(samples: dict[str, pd.DataFrame], prompts: list[str], n_images: in
                 ax.set_title(prompt, fontsize=9)
             if j == 0:
                 ax.set_ylabel(run, fontsize=8, rotation=0, ha="right", va="center")
+    _save(fig, path)
+
+
+def plot_efficiency(rewards: dict[tuple, pd.Series], efficiency: pd.DataFrame, path) -> None:
+    """A panel per (backbone, reward): each method's smoothed training reward per iteration (mean over seeds),
+    Flow-GRPO's final one (dotted, mean over seeds) and where each method first reaches it (dashed: mean over
+    the seeds that do)."""
+    pairs = list(dict.fromkeys(run[:2] for run in rewards))
+    fig, axes = plt.subplots(1, max(len(pairs), 1), figsize=(5 * max(len(pairs), 1), 3.8), squeeze=False)
+    for ax, (backbone, reward) in zip(axes[0], pairs):
+        rows = efficiency[(efficiency.backbone == backbone) & (efficiency.reward == reward)]
+        for method in dict.fromkeys(run[2] for run in rewards if run[:2] == (backbone, reward)):
+            seeds = [s for run, s in rewards.items() if run[:3] == (backbone, reward, method)]
+            mean = pd.concat(seeds, axis=1).mean(axis=1)
+            line, = ax.plot(mean.index, mean.values, label=method)
+            reached = rows[rows.method == method].reached.dropna()
+            if len(reached):
+                ax.axvline(reached.mean(), color=line.get_color(), ls="--", lw=0.8)
+        ax.axhline(rows.target.mean(), color="grey", ls=":", lw=1, label="Flow-GRPO final")
+        ax.set(title=f"{backbone} / {reward}", xlabel="iteration", ylabel="training reward (smoothed)")
+        ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def plot_replicator(panels: dict[str, tuple[np.ndarray, np.ndarray]], path) -> None:
+    """A panel per title: each mode's measured (T, K) share per iteration (solid) and the replicator equation's
+    (T, K) prediction (dashed)."""
+    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(4 * max(len(panels), 1), 3.4), squeeze=False)
+    for ax, (title, (measured, predicted)) in zip(axes[0], panels.items()):
+        for k in range(measured.shape[1]):
+            line, = ax.plot(measured[:, k], lw=0.8)
+            ax.plot(predicted[:, k], "--", color=line.get_color(), lw=1.2)
+        ax.set(ylim=(0, 1), xlabel="iteration", ylabel="mode share")
+        ax.set_title(title, fontsize=8)
+    _save(fig, path)
+
+
+def plot_budget(summary: pd.DataFrame, path) -> None:
+    """A panel per (backbone, reward): each method's share of diversity decided by the first j noise draws
+    (analyses.budget_summary: mean and standard deviation), the base model's in black."""
+    pairs = [p for p in dict.fromkeys(zip(summary.backbone, summary.reward)) if p[1] != "base"]
+    fig, axes = plt.subplots(1, max(len(pairs), 1), figsize=(5 * max(len(pairs), 1), 3.8), squeeze=False)
+    for ax, (backbone, reward) in zip(axes[0], pairs):
+        rows = summary[(summary.backbone == backbone) & summary.reward.isin([reward, "base"])]
+        for method, table in rows.groupby("method", sort=False):
+            ax.errorbar(table.j, table["mean"], yerr=table["std"].fillna(0), fmt="-o", ms=3, capsize=2,
+                        label=method, color="black" if method == "base" else None)
+        ax.set(title=f"{backbone} / {reward}", xlabel="noise draws shared (0: none; 1: the initial noise)",
+               ylabel="share of diversity decided")
+        ax.legend(fontsize=7)
     _save(fig, path)
 
 

@@ -93,3 +93,10 @@ def mode_statistics(modes: np.ndarray, valid: np.ndarray, num_modes: int) -> dic
         "mode_coverage": float((hist > 0).sum() / num_modes),
         "mode_entropy": float(-(p * np.log(p)).sum() / np.log(num_modes)),
     }
+
+
+def diversity_budget(diversity: np.ndarray) -> np.ndarray:
+    """(J,) share of the diversity decided by the first j noise draws, 1 - D(j) / D(0), from (J,) the diversity
+    D(j) of samples that share the first j draws (sampling.branched_samples; D(0): nothing shared)."""
+    diversity = np.asarray(diversity, dtype=float)
+    return 1 - diversity / diversity[0] if diversity[0] > 0 else np.full_like(diversity, np.nan)

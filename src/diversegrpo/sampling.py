@@ -63,6 +63,41 @@ def sample_rollout(
     )
 
 
+@torch.no_grad()
+def branched_samples(
+    backbone: Backbone,
+    prompt: str,
+    branches: int,
+    num_steps: int,
+    guidance_scale: float,
+    noise_level: float,
+    generator: torch.Generator,
+    sde_type: SdeType = "sde",
+    micro_batch: int | None = None,
+) -> torch.Tensor:
+    """(T + 2, branches, 3, H, W): for j = 0 .. T + 1, `branches` SDE samples of `prompt` that share the first j
+    of one trajectory's T + 1 noise draws (draw 0 the initial noise, draw i step i's) and draw the others fresh:
+    j = 0 shares nothing, j = T + 1 everything. How fast diversity falls with j is the budget of each step."""
+    levels = num_steps + 2
+    n = levels * branches
+    shared = [backbone.initial_noise(1, generator)] + [
+        torch.randn((1, *backbone.latent_shape), generator=generator) for _ in range(num_steps)
+    ]
+    level = torch.arange(levels).repeat_interleave(branches).view(n, *[1] * len(backbone.latent_shape))  # (n, 1, ..)
+    level = level.to(backbone.device)
+    x = torch.where(level > 0, shared[0], backbone.initial_noise(n, generator))
+    cond = backbone.encode_prompts([prompt]).repeat_interleave(n)
+    sigmas = backbone.sigmas(num_steps)
+    chunks = _chunks(n, micro_batch)
+    for i in range(num_steps):
+        v = torch.cat([backbone.velocity(x[c], sigmas[i], cond[c], guidance_scale) for c in chunks])
+        fresh = torch.randn(x.shape, generator=generator)
+        noise = torch.where(level.cpu() > i + 1, shared[i + 1], fresh).to(x.device)
+        x = sde_step(x, v, sigmas[i], sigmas[i + 1], noise_level, noise=noise, sde_type=sde_type).sample
+    images = decode(backbone, x, micro_batch)
+    return images.view(levels, branches, *images.shape[1:])
+
+
 def _chunks(n: int, size: int | None) -> list[slice]:
     size = size or n
     return [slice(start, min(start + size, n)) for start in range(0, n, size)]

@@ -66,6 +66,7 @@ localrules:
     captions,
     run_config,
     report,
+    analyses,
 
 
 wildcard_constraints:
@@ -112,6 +113,15 @@ def samples_path(b, r, m, s):
 
 def base_samples_path(b, s):
     return f"{RESULTS}/samples/{b}/base/seed{s}/images.parquet"
+
+
+def budget_path(b, r, m, s):
+    """The diversity budget of a run, or (r "base") of the base model."""
+    return (
+        f"{RESULTS}/analyses/budget/{b}/base/seed{s}.parquet"
+        if r == "base"
+        else f"{RESULTS}/analyses/budget/{b}/{r}/{m}/seed{s}.parquet"
+    )
 
 
 def metrics_path(b, r, m, s):
@@ -170,17 +180,18 @@ def all_targets(wildcards=None):
         *(
             f
             for run in RUNS
-            for name in ("run_config", "train", "sample", "evaluate")
+            for name in ("run_config", "train", "sample", "evaluate", "budget")
             for f in rule_outputs(name, **dict(zip(("backbone", "reward", "method", "seed"), run)))
         ),
         *(
             f
             for b in backbones
             for s in SEEDS
-            for name in ("sample_base", "evaluate_base")
+            for name in ("sample_base", "evaluate_base", "budget_base")
             for f in rule_outputs(name, backbone=b, seed=s)
         ),
         *rule_outputs("report"),
+        *rule_outputs("analyses"),
     ]
 
 
@@ -248,6 +259,20 @@ def sample_params(wildcards):
         "backbone": backbone_spec(wildcards.backbone),
         "rewards": {r: config["rewards"][r] for r in config["runs"]["rewards"]},
         "sample": config["sample"],
+        "seed": int(wildcards.seed),
+        "device": config["device"],
+        "torch_threads": config["torch_threads"],
+    }
+
+
+# The diversity budget per denoising step, of the rollout SDE the runs train with.
+def budget_params(wildcards):
+    return {
+        "backbone": backbone_spec(wildcards.backbone),
+        "rollout": cfg.rollout_settings(config["backbones"][wildcards.backbone]),
+        "analyses": config["analyses"],
+        "features": config["features"],
+        "world": cfg.world_name(config),
         "seed": int(wildcards.seed),
         "device": config["device"],
         "torch_threads": config["torch_threads"],

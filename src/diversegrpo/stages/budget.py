@@ -1,0 +1,53 @@
+"""The budget stage: how much of a model's diversity each denoising step decides (the paper: the first third of
+the steps decides about two thirds). For each of the first `prompts` held-out captions, `branches` samples of the
+rollout SDE share the first j of one trajectory's T + 1 noise draws and draw the rest fresh (j = 0 .. T + 1,
+sampling.branched_samples). Per caption and j: their diversity D(j), the share 1 - D(j) / D(0) the first j
+draws decide (metrics.diversity_budget), and in a world with ground truth the share of branches that keep the
+mode of the fully shared trajectory."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import torch
+
+from .. import metrics
+from ..backbones.base import LoraSpec
+from ..distributed import resolve_device
+from ..io import read_parquet, write_parquet
+from ..registry import build_backbone, build_features, build_world
+from ..sampling import branched_samples
+
+
+def budget_stage(backbone_spec: dict, rollout: dict, lora_dir: str | None, eval_captions: str, prompts: int,
+                 branches: int, features_spec: dict, world: str | None, seed: int, device: str, torch_threads: int,
+                 out: str) -> None:
+    """`rollout`: the backbone's rollout settings (config.rollout_settings: train_steps, guidance_scale,
+    noise_level, sde_type), the SDE whose steps are measured."""
+    torch.set_num_threads(torch_threads)
+    captions = read_parquet(eval_captions, "evaluation captions", "captions").prompt.tolist()[:prompts]
+    backbone = build_backbone(backbone_spec, resolve_device(device))
+    if lora_dir is not None:
+        backbone.add_lora(LoraSpec.from_config(backbone_spec["lora"], backbone.lora_targets))
+        backbone.load_lora(lora_dir)
+    embed, truth = build_features(features_spec), build_world(world)
+    rows = []
+    for i, prompt in enumerate(captions):
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + i)
+        images = branched_samples(backbone, prompt, branches, rollout["train_steps"], rollout["guidance_scale"],
+                                  rollout["noise_level"], generator, rollout["sde_type"]).cpu()  # (J, n, 3, H, W)
+        diversity = [metrics.mean_pairwise_distance(embed(level)) for level in images]
+        keep = _kept_mode(truth, images, prompt) if truth else [math.nan] * len(images)
+        for j, (d, b, k) in enumerate(zip(diversity, metrics.diversity_budget(diversity), keep)):
+            rows.append({"prompt": prompt, "j": j, "diversity": d, "budget": float(b), "keep_mode": k})
+    write_parquet(pd.DataFrame(rows), out)
+
+
+def _kept_mode(world, images: torch.Tensor, prompt: str) -> list[float]:
+    """Per level j, the share of its branches whose mode is the fully shared trajectory's (NaN when that one
+    shows no mode)."""
+    levels, branches = images.shape[:2]
+    modes = world.label(images.flatten(0, 1), [prompt] * (levels * branches)).mode.reshape(levels, branches)
+    reference = modes[-1, 0]
+    return [float((level == reference).mean()) if reference >= 0 else math.nan for level in modes]
