@@ -270,6 +270,7 @@ def budget_params(wildcards):
     return {
         "backbone": backbone_spec(wildcards.backbone),
         "rollout": cfg.rollout_settings(config["backbones"][wildcards.backbone]),
+        "micro_batch": config["train"]["micro_batch"],  # samples per forward, as the rollouts: memory only
         "analyses": config["analyses"],
         "features": config["features"],
         "world": cfg.world_name(config),

@@ -22,9 +22,10 @@ from ..sampling import branched_samples
 
 def budget_stage(backbone_spec: dict, rollout: dict, lora_dir: str | None, eval_captions: str, prompts: int,
                  branches: int, features_spec: dict, world: str | None, seed: int, device: str, torch_threads: int,
-                 out: str) -> None:
+                 out: str, micro_batch: int | None = None) -> None:
     """`rollout`: the backbone's rollout settings (config.rollout_settings: train_steps, guidance_scale,
-    noise_level, sde_type), the SDE whose steps are measured."""
+    noise_level, sde_type), the SDE whose steps are measured; `micro_batch`: samples per forward (memory only;
+    a caption's (T + 2) x branches samples otherwise go through at once)."""
     torch.set_num_threads(torch_threads)
     captions = read_parquet(eval_captions, "evaluation captions", "captions").prompt.tolist()[:prompts]
     backbone = build_backbone(backbone_spec, resolve_device(device))
@@ -35,8 +36,9 @@ def budget_stage(backbone_spec: dict, rollout: dict, lora_dir: str | None, eval_
     rows = []
     for i, prompt in enumerate(captions):
         generator = torch.Generator().manual_seed(seed * 1_000_003 + i)
+        # (T + 2, branches, 3, H, W): level j shares the first j noise draws
         images = branched_samples(backbone, prompt, branches, rollout["train_steps"], rollout["guidance_scale"],
-                                  rollout["noise_level"], generator, rollout["sde_type"]).cpu()  # (J, n, 3, H, W)
+                                  rollout["noise_level"], generator, rollout["sde_type"], micro_batch).cpu()
         diversity = [metrics.mean_pairwise_distance(embed(level)) for level in images]
         keep = _kept_mode(truth, images, prompt) if truth else [math.nan] * len(images)
         for j, (d, b, k) in enumerate(zip(diversity, metrics.diversity_budget(diversity), keep)):
