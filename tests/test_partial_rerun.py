@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 MATRIX = {"runs": {"backbones": ["toy"], "rewards": ["colour"], "methods": ["flow_grpo", "diverse_grpo"]}}
 REPORT = {("report", ""): 1, ("all", ""): 1}
+ANALYSES = {("analyses", ""): 1}  # gathers every run's log and budget
 SEEDS = [0]  # runs.seeds of config/config.yaml, which MATRIX keeps
 
 
@@ -70,9 +71,10 @@ def test_changing_diverse_grpo_beta_reruns_only_its_runs_and_the_report(full_run
 
     (work / "beta.yaml").write_text(yaml.safe_dump({"methods": {"diverse_grpo": {"creative": {"beta": 2.5}}}}))
     planned = jobs_in_log(snakemake(work, "-n", overlays=["beta.yaml"]))
-    per_run = {"train", "sample", "evaluate"} | ({"run_config"} if any(r == "run_config" for r, _ in first) else set())
+    per_run = {"train", "sample", "evaluate", "budget"}
+    per_run |= {"run_config"} if any(r == "run_config" for r, _ in first) else set()
     expected = collections.Counter({(rule, job): 1 for job in jobs_of("diverse_grpo") for rule in per_run})
-    expected.update(REPORT)
+    expected.update({**REPORT, **ANALYSES})
     assert planned == expected, f"dry run planned {dict(planned)}, expected {dict(expected)}"
 
     # ... and running it redoes exactly that: every other artifact keeps its bytes and mtime
@@ -81,7 +83,8 @@ def test_changing_diverse_grpo_beta_reruns_only_its_runs_and_the_report(full_run
     after = mtimes(work)
     changed = {p for p in before if after.get(p) != before[p]}
     affected = [f"results/{kind}/{run}" for run in runs_of("diverse_grpo")
-                for kind in ("runs", "samples", "metrics")] + ["results/report/"]
+                for kind in ("runs", "samples", "metrics", "analyses/budget")] + ["results/report/"]
+    affected += [f"results/analyses/{name}" for name in ("budget", "efficiency", "replicator")]
     unexpected = sorted(p for p in changed if not p.startswith(tuple(affected)))
     assert not unexpected, f"artifacts of unaffected jobs were rewritten: {unexpected[:10]}"
     for run in runs_of("diverse_grpo"):
@@ -131,8 +134,8 @@ def test_without_snakemake_metadata_the_params_files_decide(full_run):
     assert jobs_in_log(snakemake(work, "-n", overlays=made_with)) == collections.Counter()
     planned = jobs_in_log(snakemake(work, "-n", overlays=other))
     expected = collections.Counter({(rule, job): 1 for job in jobs_of("diverse_grpo")
-                                    for rule in ("run_config", "train", "sample", "evaluate")})
-    expected.update(REPORT)
+                                    for rule in ("run_config", "train", "sample", "evaluate", "budget")})
+    expected.update({**REPORT, **ANALYSES})
     assert planned == expected, dict(planned)
     # that dry run changed nothing: the tree is still up to date for the settings it was made with
     assert jobs_in_log(snakemake(work, "-n", overlays=made_with)) == collections.Counter()
