@@ -293,16 +293,17 @@ def test_new_beta_reruns_only_the_affected_phases_and_jobs(repro):
     ran_stages = stages_run(out)
     # captions and backbone do not depend on beta; train does, and what reads its outputs runs again,
     # except where DVC finds an input byte-identical (e.g. samples unchanged by a tiny retraining)
-    assert ran_stages[:2] == ["train", "sample"] and ran_stages[-1] == "report", out[-3000:]
-    assert set(ran_stages) <= {"train", "sample", "evaluate", "report"}, ran_stages
+    assert ran_stages[:2] == ["train", "sample"] and ran_stages[-2:] == ["report", "analyses"], out[-3000:]
+    assert set(ran_stages) <= {"train", "sample", "evaluate", "report", "analyses"}, ran_stages
     for name in ("captions", "backbone"):
         assert lock_after[name] == lock_before[name], f"{name} changed"
     samples_changed = lock_after["sample"]["outs"] != lock_before["sample"]["outs"]
     assert ("evaluate" in ran_stages) == samples_changed, (ran_stages, samples_changed)
-    per_run = {"run_config", "train", "sample", "evaluate"}
+    per_run = {"run_config", "train", "sample", "evaluate", "budget"}
     ran = jobs_in_log(out)
     allowed = {(r, f"toy/{rw}/diverse_grpo/0") for r in per_run for rw in MATRIX["rewards"]} | {
         ("report", ""),
+        ("analyses", ""),
         ("all", ""),
     }
     assert set(ran) <= allowed, f"jobs outside diverse_grpo's runs reran: {set(ran) - allowed}"

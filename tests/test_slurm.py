@@ -35,8 +35,8 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 IN_CI = os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
 NEEDED = ["munged", "mariadbd", "mariadb-install-db", "slurmdbd", "slurmctld", "slurmd", "sbatch", "sacct"]
-HEAVY = {"backbone", "train", "sample", "evaluate"}  # must run as SLURM jobs
-CHEAP = {"captions", "report"}  # must be localrules (run_config too, where it exists)
+HEAVY = {"backbone", "train", "sample", "evaluate", "budget"}  # must run as SLURM jobs
+CHEAP = {"captions", "report", "analyses"}  # must be localrules (run_config too, where it exists)
 # tiny config, run matrix cut to 1 reward x 2 methods: 9 SLURM jobs on a 2-CPU node instead of 21
 MATRIX = {"runs": {"backbones": ["toy"], "rewards": ["colour"], "methods": ["flow_grpo", "diverse_grpo"]}}
 JOB_HEADER = re.compile(r"^(local)?rule (\w+):\s*$")
@@ -190,13 +190,15 @@ def test_every_stage_runs_as_a_slurm_job_and_forcerun_resubmits_one_run(cluster,
     target = train_log[0].relative_to(work)
     others = {p: p.stat().st_mtime_ns for p in (work / "results").rglob("*")
               if p.is_file() and target_wc not in _wildcards_of(p.relative_to(work / "results").parts)
-              and not p.relative_to(work / "results").parts[0] == "report"}
+              and p.relative_to(work / "results").parts[0] not in ("report", "analyses")}
+    others |= {p: p.stat().st_mtime_ns for p in (work / "results/analyses/budget").rglob("*")
+               if p.is_file() and target_wc not in _wildcards_of(p.relative_to(work / "results/analyses").parts)}
 
     second = _snakemake(work, env, "--forcerun", str(target))
     reran = collections.Counter((r, w) for r, w, _ in _jobs_in_log(second.stderr))
     expected = collections.Counter(
-        {("train", target_wc): 1, ("sample", target_wc): 1, ("evaluate", target_wc): 1,
-         ("report", ""): 1, ("all", ""): 1}
+        {("train", target_wc): 1, ("sample", target_wc): 1, ("evaluate", target_wc): 1, ("budget", target_wc): 1,
+         ("report", ""): 1, ("analyses", ""): 1, ("all", ""): 1}
     )
     assert reran == expected, f"--forcerun {target}: ran {dict(reran)}, expected {dict(expected)}"
 
@@ -204,7 +206,7 @@ def test_every_stage_runs_as_a_slurm_job_and_forcerun_resubmits_one_run(cluster,
     assert all(j["state"] == "COMPLETED" for j in acct2), acct2
     resubmitted = collections.Counter(j["comment"] for j in acct2)
     assert resubmitted == collections.Counter(
-        _comment(rule, target_wc) for rule in ("train", "sample", "evaluate")
+        _comment(rule, target_wc) for rule in ("train", "sample", "evaluate", "budget")
     ), f"resubmitted SLURM jobs: {dict(resubmitted)}"
     changed = [str(p) for p, t in others.items() if p.stat().st_mtime_ns != t]
     assert not changed, f"outputs of other runs were rewritten: {changed[:10]}"
