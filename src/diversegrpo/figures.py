@@ -160,7 +160,7 @@ def plot_replicator(panels: dict[str, tuple[np.ndarray, np.ndarray]], path) -> N
 
 def plot_budget(summary: pd.DataFrame, path) -> None:
     """A panel per (backbone, reward): each method's share of diversity decided by the first j noise draws
-    (analyses.budget_summary: mean and standard deviation), the base model's in black."""
+    (analyses.budget_summary: the share and its bootstrap standard error), the base model's in black."""
     pairs = [p for p in dict.fromkeys(zip(summary.backbone, summary.reward)) if p[1] != "base"]
     fig, axes = plt.subplots(1, max(len(pairs), 1), figsize=(5 * max(len(pairs), 1), 3.8), squeeze=False)
     for ax, (backbone, reward) in zip(axes[0], pairs):
@@ -168,8 +168,9 @@ def plot_budget(summary: pd.DataFrame, path) -> None:
         for method, table in rows.groupby("method", sort=False):
             ax.errorbar(table.j, table["mean"], yerr=table["std"].fillna(0), fmt="-o", ms=3, capsize=2,
                         label=method, color="black" if method == "base" else None)
+        # cut: a collapsed run has almost no diversity to share out, and its shares are noise far outside [0, 1]
         ax.set(title=f"{backbone} / {reward}", xlabel="noise draws shared (0: none; 1: the initial noise)",
-               ylabel="share of diversity decided")
+               ylabel="share of diversity decided", ylim=(-0.5, 1.2))
         ax.legend(fontsize=7)
     _save(fig, path)
 

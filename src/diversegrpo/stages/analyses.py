@@ -108,17 +108,20 @@ def budget_table(files: dict[tuple, str]) -> pd.DataFrame:
     return pd.concat(tables, ignore_index=True)[[*KEYS, "prompt", "j", "diversity", "budget", "keep_mode"]]
 
 
-def budget_summary(budget: pd.DataFrame) -> pd.DataFrame:
+def budget_summary(budget: pd.DataFrame, resamples: int = 200) -> pd.DataFrame:
     """Per (backbone, reward, method) and j, over captions and seeds: the share of the mean diversity that the first
     j draws decide, 1 - mean D(j) / mean D(0) (a ratio of means: a collapsed run's single captions have D(0) near 0),
-    and the standard deviation over captions of each one's (D(0) - D(j)) / mean D(0)."""
-    keys = [*KEYS[:3]]
-    d0 = budget[budget.j == 0].groupby(keys).diversity.mean().rename("d0")
-    table = budget.join(d0, on=keys)
-    start = table.join(table[table.j == 0].set_index([*keys, "seed", "prompt"]).diversity.rename("own_d0"),
-                       on=[*keys, "seed", "prompt"])
-    start["share"] = (start.own_d0 - start.diversity) / start.d0
-    return start.groupby([*keys, "j"]).share.agg(["mean", "std"]).reset_index()
+    and its bootstrap standard error over the (caption, seed) pairs (`resamples` draws, a fixed seed)."""
+    rng, rows = np.random.default_rng(0), []
+    for key, table in budget.groupby(KEYS[:3], sort=False):
+        d = table.pivot_table(index=["seed", "prompt"], columns="j", values="diversity").to_numpy()  # (units, J)
+        picks = rng.integers(len(d), size=(resamples, len(d)))  # (resamples, units)
+        means = d[picks].mean(axis=1)  # (resamples, J)
+        shares = 1 - means / means[:, :1]
+        share = 1 - d.mean(axis=0) / d.mean(axis=0)[0]
+        error = np.nanstd(shares, axis=0, ddof=1) if len(d) > 1 else np.full(d.shape[1], np.nan)
+        rows += [dict(zip(KEYS[:3], key)) | {"j": j, "mean": m, "std": e} for j, (m, e) in enumerate(zip(share, error))]
+    return pd.DataFrame(rows)
 
 
 def replicator_panels(logs: dict[tuple, pd.DataFrame], replicator: pd.DataFrame) -> dict[str, tuple]:
