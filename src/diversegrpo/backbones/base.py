@@ -179,6 +179,12 @@ class Backbone(ABC):
             state = load_file(str(path))
         self.set_lora_state({k.removeprefix("transformer."): v for k, v in state.items()})
 
+    def load_trained_lora(self, lora_config: dict, directory: str | os.PathLike) -> None:
+        """A run's trained adapter: attached as the run's backbone config says (its `lora` block), then the weights
+        `save_lora` wrote to `directory` loaded."""
+        self.add_lora(LoraSpec.from_config(lora_config, self.lora_targets))
+        self.load_lora(directory)
+
     def set_lora_state(self, state: dict[str, torch.Tensor]) -> None:
         from peft.utils import set_peft_model_state_dict
 

@@ -13,7 +13,6 @@ import pandas as pd
 import torch
 
 from .. import metrics
-from ..backbones.base import LoraSpec
 from ..distributed import resolve_device
 from ..io import read_parquet, write_parquet
 from ..registry import build_backbone, build_features, build_world
@@ -30,8 +29,7 @@ def budget_stage(backbone_spec: dict, rollout: dict, lora_dir: str | None, eval_
     captions = read_parquet(eval_captions, "evaluation captions", "captions").prompt.tolist()[:prompts]
     backbone = build_backbone(backbone_spec, resolve_device(device))
     if lora_dir is not None:
-        backbone.add_lora(LoraSpec.from_config(backbone_spec["lora"], backbone.lora_targets))
-        backbone.load_lora(lora_dir)
+        backbone.load_trained_lora(backbone_spec["lora"], lora_dir)
     embed, truth = build_features(features_spec), build_world(world)
     rows = []
     for i, prompt in enumerate(captions):

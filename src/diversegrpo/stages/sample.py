@@ -7,7 +7,6 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from ..backbones.base import LoraSpec
 from ..distributed import resolve_device
 from ..evaluation import score_rewards
 from ..io import png_bytes, png_tensor, read_parquet, write_parquet
@@ -41,8 +40,7 @@ def sample_stage(
     device = resolve_device(device)
     backbone = build_backbone(backbone_spec, device)
     if lora_dir is not None:
-        backbone.add_lora(LoraSpec.from_config(backbone_spec["lora"], backbone.lora_targets))
-        backbone.load_lora(lora_dir)
+        backbone.load_trained_lora(backbone_spec["lora"], lora_dir)
     rewards = {name: build_reward(spec, device) for name, spec in reward_specs.items()}
     tables = []
     for split, table in chosen.items():
