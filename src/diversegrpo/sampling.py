@@ -46,7 +46,7 @@ def sample_rollout(
     chunks = _chunks(len(expanded), micro_batch)
     latents, log_probs = [x], []
     for i in range(num_steps):
-        v = torch.cat([backbone.velocity(x[c], sigmas[i], cond[c], guidance_scale) for c in chunks])
+        v = _velocity(backbone, x, sigmas[i], cond, guidance_scale, chunks)
         noise = torch.randn(x.shape, generator=generator).to(x.device, non_blocking=True)  # CPU stream: seeds portable
         step = sde_step(x, v, sigmas[i], sigmas[i + 1], noise_level, noise=noise, sde_type=sde_type)
         x = step.sample
@@ -84,18 +84,23 @@ def branched_samples(
         torch.randn((1, *backbone.latent_shape), generator=generator) for _ in range(num_steps)
     ]
     level = torch.arange(levels).repeat_interleave(branches).view(n, *[1] * len(backbone.latent_shape))  # (n, 1, ..)
-    level = level.to(backbone.device)
-    x = torch.where(level > 0, shared[0], backbone.initial_noise(n, generator))
+    x = torch.where(level.to(backbone.device) > 0, shared[0], backbone.initial_noise(n, generator))
     cond = backbone.encode_prompts([prompt]).repeat_interleave(n)
     sigmas = backbone.sigmas(num_steps)
     chunks = _chunks(n, micro_batch)
     for i in range(num_steps):
-        v = torch.cat([backbone.velocity(x[c], sigmas[i], cond[c], guidance_scale) for c in chunks])
-        fresh = torch.randn(x.shape, generator=generator)
-        noise = torch.where(level.cpu() > i + 1, shared[i + 1], fresh).to(x.device)
+        v = _velocity(backbone, x, sigmas[i], cond, guidance_scale, chunks)
+        fresh = torch.randn(x.shape, generator=generator)  # drawn on CPU, as the rollouts' noise
+        noise = torch.where(level > i + 1, shared[i + 1], fresh).to(x.device)
         x = sde_step(x, v, sigmas[i], sigmas[i + 1], noise_level, noise=noise, sde_type=sde_type).sample
     images = decode(backbone, x, micro_batch)
     return images.view(levels, branches, *images.shape[1:])
+
+
+def _velocity(backbone: Backbone, x: torch.Tensor, sigma: torch.Tensor, cond: Conditioning, guidance_scale: float,
+              chunks: list[slice]) -> torch.Tensor:
+    """The guided velocity of the (B, ...) latents, one transformer forward per chunk of samples."""
+    return torch.cat([backbone.velocity(x[c], sigma, cond[c], guidance_scale) for c in chunks])
 
 
 def _chunks(n: int, size: int | None) -> list[slice]:
