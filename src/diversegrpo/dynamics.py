@@ -69,13 +69,16 @@ def fit_replicator(shares: np.ndarray, rewards: np.ndarray, grid: np.ndarray = E
     best = int(np.argmin(errors))
     lo, hi = candidates[max(best - 1, 0)], candidates[min(best + 1, len(candidates) - 1)]
     a, b = hi - _GOLDEN * (hi - lo), lo + _GOLDEN * (hi - lo)
-    while hi - lo > 1e-9 * max(hi, 1e-12):
-        if sse(a) < sse(b):
-            hi, b = b, a
+    error_a, error_b = sse(a), sse(b)
+    while hi - lo > 1e-9 * max(hi, 1e-12):  # one new trajectory per step: the kept point's error is known
+        if error_a < error_b:
+            hi, b, error_b = b, a, error_a
             a = hi - _GOLDEN * (hi - lo)
+            error_a = sse(a)
         else:
-            lo, a = a, b
+            lo, a, error_a = a, b, error_b
             b = lo + _GOLDEN * (hi - lo)
+            error_b = sse(b)
     eta = min((candidates[best], (lo + hi) / 2), key=sse)
     predicted = replicator_trajectory(shares[0], rewards, eta)
     return ReplicatorFit(eta=float(eta), r2=r_squared(shares, predicted), predicted=predicted)

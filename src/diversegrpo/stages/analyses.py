@@ -63,19 +63,17 @@ def replicator_table(logs: dict[tuple, pd.DataFrame]) -> pd.DataFrame:
     than Flow-GRPO the R^2 of Flow-GRPO's eta (same backbone, reward, seed) predicting its shares from its quality
     (`r2_baseline_quality`) and from the reward its advantages saw (`r2_baseline_reward`; they differ where a
     creative bonus was mixed in)."""
-    fits, rows = {}, []
-    for run, log in logs.items():
-        if not any(c.startswith("mode_share_") for c in log.columns):
-            continue
-        fits[run] = dynamics.fit_replicator(*mode_series(log, "quality"))
+    series = {run: {signal: mode_series(log, signal) for signal in ("quality", "reward")}
+              for run, log in logs.items() if any(c.startswith("mode_share_") for c in log.columns)}
+    fits = {run: dynamics.fit_replicator(*by_signal["quality"]) for run, by_signal in series.items()}
+    rows = []
     for (b, r, m, s), fit in fits.items():
+        shares = series[(b, r, m, s)]["quality"][0]  # (T, K), the same for either signal
         row = {"backbone": b, "reward": r, "method": m, "seed": int(s), "eta": fit.eta, "r2": fit.r2,
-               "top_share_start": float(fit.predicted[0].max()),
-               "top_share_end": float(mode_series(logs[(b, r, m, s)], "quality")[0][-1].max())}
+               "top_share_start": float(fit.predicted[0].max()), "top_share_end": float(shares[-1].max())}
         baseline = fits.get((b, r, BASELINE, s))
         if m != BASELINE and baseline is not None:
-            for signal in ("quality", "reward"):
-                shares, rewards = mode_series(logs[(b, r, m, s)], signal)
+            for signal, (_, rewards) in series[(b, r, m, s)].items():
                 predicted = dynamics.replicator_trajectory(shares[0], rewards, baseline.eta)
                 row[f"r2_baseline_{signal}"] = dynamics.r_squared(shares, predicted)
         rows.append(row)
