@@ -77,3 +77,10 @@ def test_bonus_validity_counts_pairs_and_centres_the_bonus_per_group():
     out = bench.centred_bonus_by_validity(bonus, valid, group_ids)
     assert out == {"valid_centred_bonus": pytest.approx((-1 + 1 - 1) / 3), "invalid_centred_bonus": pytest.approx(0.5),
                    "valid_images": 3, "invalid_images": 2}
+
+
+def test_sampler_transfer_summarises_reward_error_and_validity():
+    bench = load("sampler_transfer")
+    rewards = torch.tensor([0.2, 0.4, 0.6, 0.8])  # sample std sqrt(0.2 / 3)
+    out = bench.summarise(rewards, torch.tensor([True, False, True, True]).numpy())
+    assert out == {"reward": pytest.approx(0.5), "se": pytest.approx((0.2 / 3) ** 0.5 / 2), "valid": 0.75}
