@@ -5,4 +5,5 @@ sys.stderr = sys.stdout = open(snakemake.log[0], "w")  # noqa: F821
 
 from diversegrpo.stages.run_config import write_run_config  # noqa: E402
 
-write_run_config(snakemake.params.spec, snakemake.input.train, snakemake.input.eval, snakemake.output[0])  # noqa: F821
+write_run_config(snakemake.params.spec, snakemake.input.train, snakemake.input.eval, snakemake.output[0],  # noqa: F821
+                 snakemake.input.get("budget"))  # noqa: F821

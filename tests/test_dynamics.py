@@ -150,3 +150,42 @@ def test_the_budget_is_the_share_of_diversity_the_first_draws_decide():
 
     assert diversity_budget(np.array([0.4, 0.1, 0.0])).tolist() == [0.0, 0.75, 1.0]
     assert np.isnan(diversity_budget(np.array([0.0, 0.0]))).all()
+
+
+def test_the_adaptive_k_is_the_fewest_steps_that_decide_the_share():
+    from diversegrpo.metrics import steps_deciding
+
+    budget = np.array([0.0, 0.04, 0.71, 0.91, 0.98, 1.0])  # j = 0 .. 5: j = K + 1 draws are K steps' and x_T's
+    assert steps_deciding(budget, 0.66, 4) == 1
+    assert steps_deciding(budget, 0.71, 4) == 1  # reached exactly
+    assert steps_deciding(budget, 0.9, 4) == 2
+    assert steps_deciding(budget, 0.99, 4) == 4  # not reached within the trained steps: all of them
+    assert steps_deciding(budget, 0.95, 2) == 2
+    assert steps_deciding(np.array([0.0, 0.9, 0.95]), 0.5, 3) == 1  # x_T alone decides: still one step
+
+
+def test_the_run_config_records_the_k_it_chose_from_the_budget(tmp_path):
+    import json
+
+    from diversegrpo import config as C
+    from diversegrpo.stages.run_config import write_run_config
+
+    config = C.deep_merge(C.defaults(), {"methods": {"diverse_grpo": {"sa_steps": "auto"}},
+                                         "analyses": {"auto_k_share": 0.8}})
+    spec = C.run_spec(config, "toy", "colour", "diverse_grpo", None, 0)
+    assert spec["adaptive_k"] == {"share": 0.8} and spec["method"]["sa_steps"] == "auto"
+    assert "adaptive_k" not in C.run_spec(C.defaults(), "toy", "colour", "diverse_grpo", None, 0)
+    budget = pd.DataFrame({"prompt": ["a"] * 4 + ["b"] * 4, "j": [0, 1, 2, 3] * 2,
+                           "diversity": [0.8, 0.72, 0.24, 0.04, 0.4, 0.36, 0.08, 0.0]})
+    budget.to_parquet(tmp_path / "budget.parquet")
+    captions = tmp_path / "captions.parquet"
+    pd.DataFrame({"prompt": [f"p{i}" for i in range(8)]}).to_parquet(captions)
+    write_run_config(spec, captions, captions, tmp_path / "config.json", tmp_path / "budget.parquet")
+    written = json.loads((tmp_path / "config.json").read_text())
+    # mean diversity by j: 0.6, 0.54, 0.16, 0.02, so the budget is 0, 0.1, 0.733, 0.967: 0.8 is first decided at
+    # j = 3, by x_T and the first 2 steps' noise
+    assert written["method"]["sa_steps"] == 2
+    assert written["adaptive_k"] == {"share": 0.8, "sa_steps": 2, "decided": pytest.approx(0.58 / 0.6),
+                                     "budget": [0.0, 0.1, 0.7333, 0.9667]}
+    with pytest.raises(ValueError, match="needs the base model's diversity budget"):
+        write_run_config(spec, captions, captions, tmp_path / "other.json")

@@ -123,3 +123,20 @@ def test_a_zero_that_rounding_leaves_negative_prints_as_zero():
 
     printed = (_fmt(-1e-9), _fmt(-0.0), _fmt(-0.5), _fmt(0.12345, 0.01))
     assert printed == ("0.0000", "0.0000", "-0.5000", "0.1235 ± 0.0100")
+
+
+def test_the_k_each_adaptive_run_chose_is_listed_under_table_1(tmp_path):
+    import json
+
+    from diversegrpo.stages.report import adaptive_k_records
+
+    assert tables.adaptive_k_markdown([]) == ""
+    for name, record in (("fixed", None), ("auto", {"share": 0.66, "sa_steps": 1, "decided": 0.7123, "budget": [0]})):
+        (tmp_path / name).mkdir()
+        run = {"method": {}, "adaptive_k": record} if record else {"method": {}}
+        (tmp_path / name / "config.json").write_text(json.dumps(run))
+    records = adaptive_k_records([("toy", "colour", "fixed", 0), ("toy", "colour", "auto", 1)],
+                                 [str(tmp_path / "fixed"), str(tmp_path / "auto")])
+    assert records == [{"backbone": "toy", "reward": "colour", "method": "auto", "seed": 1, "share": 0.66,
+                        "sa_steps": 1, "decided": 0.7123}]
+    assert "| toy | colour | auto | 1 | 0.66 | 1 | 0.712 |" in tables.adaptive_k_markdown(records).splitlines()

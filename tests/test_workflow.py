@@ -273,3 +273,30 @@ def test_table_1_has_both_splits_with_mean_and_spread_over_seeds(seeds_run):
     assert sorted(set(pareto.seed)) == SEEDS
     for name in ("pareto.png", "curves.png", "grids/toy_colour.png"):
         assert (seeds_run / "results/report" / name).stat().st_size > 0
+
+
+# ----- the adaptive K: a method with sa_steps: auto waits for the base model's budget and records its K -----
+AUTO = {"methods": {"auto": {"regularizer": "sa_reg", "reg_weight": 0.1, "sa_steps": "auto",
+                             "train": {"timestep_fraction": 1.0}}},  # all 3 of tiny's steps trained: K in 1..3
+        "runs": {"rewards": ["colour"], "methods": ["auto"]}, "analyses": {"auto_k_share": 0.5}}
+
+
+@pytest.mark.slow
+def test_the_adaptive_k_is_chosen_from_the_base_model_s_budget(tmp_path):
+    repo = copy_repo(tmp_path / "repo")
+    (repo / "auto.yaml").write_text(yaml.safe_dump(AUTO))
+    target = "results/runs/toy/colour/auto/seed0/config.json"
+    cmd = SNAKEMAKE + ["--cores", "2", target, "--configfile", "config/tiny.yaml", "auto.yaml", "-q"]
+    done = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    budget = pd.read_parquet(repo / "results/analyses/budget/toy/base/seed0.parquet")
+    diversity = budget.groupby("j").diversity.mean().sort_index().to_numpy()
+    by_j = 1 - diversity / diversity[0]  # the analyses' budget: a ratio of means over captions
+    run = json.loads((repo / target).read_text())
+    chosen = run["adaptive_k"]
+    trained = max(1, int(run["train"]["train_steps"] * run["train"]["timestep_fraction"]))
+    assert run["method"]["sa_steps"] == chosen["sa_steps"] and 1 <= chosen["sa_steps"] <= trained
+    assert chosen["budget"] == pytest.approx(by_j, abs=1e-4) and chosen["share"] == 0.5
+    k = chosen["sa_steps"]
+    assert k == trained or by_j[k + 1] >= 0.5  # the fewest steps: fewer decide less than the share
+    assert all(by_j[j + 1] < 0.5 for j in range(1, k))

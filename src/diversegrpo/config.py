@@ -220,8 +220,11 @@ def semantic_errors(config: dict, root: Path = Path(".")) -> list[str]:
         if method["regularizer"] != "none" and "reg_weight" not in method:
             errors.append(f"methods.{name}.reg_weight: required with regularizer {method['regularizer']!r} (a "
                           f"number >= 0)")
-        if method["regularizer"] == "sa_reg":
-            k = method_settings(config, name)["sa_steps"]
+        k = method_settings(config, name)["sa_steps"]
+        if k == AUTO_K and method["regularizer"] != "sa_reg":
+            errors.append(f"methods.{name}.sa_steps: auto chooses the K of regularizer 'sa_reg', not "
+                          f"{method['regularizer']!r}")
+        if method["regularizer"] == "sa_reg" and k != AUTO_K:
             if k < 1:
                 errors.append(f"methods.{name}.sa_steps: K must be >= 1 for regularizer 'sa_reg', got {k}")
             for b in runs["backbones"]:
@@ -384,10 +387,15 @@ def _caption_counts(config: dict, root: Path, errors: list[str]) -> tuple[int, i
     return len(chosen.train), len(chosen.eval)
 
 
+def trained_steps(train_steps: int, timestep_fraction: float) -> int:
+    """The denoising steps GRPO trains on: the first int(train_steps * timestep_fraction), at least one."""
+    return max(1, int(train_steps * timestep_fraction))
+
+
 def _trained_steps(backbone: dict, train: dict) -> int | None:
     if "train_steps" not in backbone:
         return None
-    return max(1, int(backbone["train_steps"] * train["timestep_fraction"]))
+    return trained_steps(backbone["train_steps"], train["timestep_fraction"])
 
 
 def method_train(config: dict, method: str) -> dict:
@@ -453,6 +461,8 @@ ROLLOUT_KEYS = ("train_steps", "guidance_scale", "noise_level", "sde_type")
 # What a named entry leaves out (config/config.yaml cannot hold the defaults of entries it does not name): a
 # method's regulariser weight, constrained steps and creative reward are off; a backbone samples Flow-GRPO's SDE.
 METHOD_OFF = {"reg_weight": 0.0, "sa_steps": 0, "creative": None}
+# sa_steps: auto, the adaptive K: the run_config stage chooses it from the base model's diversity budget.
+AUTO_K = "auto"
 BACKBONE_DEFAULTS = {"sde_type": "sde"}
 
 
@@ -495,6 +505,9 @@ def run_spec(config: dict, backbone: str, reward: str, method: str, backbone_dir
         spec["processes"] = processes
     if spec["world"] is None:
         del spec["world"]
+    # The adaptive K's share; the run_config stage replaces it with the record of the K it chose (absent: a fixed K).
+    if spec["method"]["sa_steps"] == AUTO_K:
+        spec["adaptive_k"] = {"share": config["analyses"]["auto_k_share"]}
     return spec
 
 

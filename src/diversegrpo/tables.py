@@ -123,6 +123,20 @@ def table1_markdown(tables: dict[str, tuple], ratio_table: pd.DataFrame, seeds: 
     return "\n".join(lines)
 
 
+def adaptive_k_markdown(records: list[dict]) -> str:
+    """The K each sa_steps: auto run chose (records: backbone, reward, method, seed and the run config's adaptive_k
+    record), as a table to read beside Table 1's fixed-K rows; "" without such runs."""
+    if not records:
+        return ""
+    rows = [f"| {r['backbone']} | {r['reward']} | {r['method']} | {r['seed']} | {r['share']:.2f} | {r['sa_steps']} | "
+            f"{r['decided']:.3f} |" for r in records]
+    return "\n".join(["", "## Adaptive K (sa_steps: auto)", "",
+                      "K: the fewest early steps whose noise, with the initial noise, decides the share asked of the "
+                      "base model's diversity budget.", "",
+                      "| backbone | reward | method | seed | share asked | K | share decided |",
+                      "|---|---|---|---|---|---|---|", *rows])
+
+
 def _ratio_title() -> str:
     return "DiverseGRPO / Flow-GRPO per seed"
 

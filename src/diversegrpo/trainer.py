@@ -71,7 +71,7 @@ class MethodSettings:
 
     regularizer: regularizers.RegularizerName
     reg_weight: float = config.METHOD_OFF["reg_weight"]
-    sa_steps: int = config.METHOD_OFF["sa_steps"]  # K
+    sa_steps: int = config.METHOD_OFF["sa_steps"]  # K (a run config holds the int the adaptive K chose)
     creative: CreativeSettings | None = config.METHOD_OFF["creative"]
 
     def __post_init__(self):
@@ -106,7 +106,7 @@ class TrainSettings:
 
     @property
     def trained_steps(self) -> int:
-        return max(1, int(self.train_steps * self.timestep_fraction))
+        return config.trained_steps(self.train_steps, self.timestep_fraction)
 
 
 SINGLE_PROCESS = SingleProcess()

@@ -115,6 +115,14 @@ def base_samples_path(b, s):
     return f"{RESULTS}/samples/{b}/base/seed{s}/images.parquet"
 
 
+def adaptive_k_inputs(wildcards):
+    """The base model's diversity budget of the run's seed, for a method with sa_steps: auto (its K is chosen from
+    it); nothing for a fixed K."""
+    if cfg.method_settings(config, wildcards.method)["sa_steps"] != cfg.AUTO_K:
+        return {}
+    return {"budget": budget_path(wildcards.backbone, "base", None, wildcards.seed)}
+
+
 def budget_path(b, r, m, s):
     """The diversity budget of a run, or (r "base") of the base model."""
     return (

@@ -10,6 +10,7 @@ rule report:
         metrics=[metrics_path(*run) for run in RUNS]
         + [base_metrics_path(b, s) for b in config["runs"]["backbones"] for s in SEEDS],
         logs=[f"{run_path(*run)}/log.parquet" for run in RUNS],
+        configs=[f"{run_path(*run)}/config.json" for run in RUNS],  # the K an adaptive run chose
         curves=[f"{run_path(*run)}/curve.parquet" for run in RUNS],
         samples=[samples_path(b, r, m, s) for b, r, m, s in RUNS if s == GRID_SEED],
         base_samples=[base_samples_path(b, GRID_SEED) for b in config["runs"]["backbones"]],

@@ -1,7 +1,9 @@
 # One GRPO run per backbone x reward x method x seed (runs.seeds: training replicates). Its resolved settings
-# are written to config.json first: a changed hyper-parameter changes exactly the runs it belongs to.
+# are written to config.json first: a changed hyper-parameter changes exactly the runs it belongs to. A method
+# with sa_steps: auto waits for the base model's diversity budget, from which its K is chosen.
 rule run_config:
     input:
+        unpack(adaptive_k_inputs),
         train=rules.captions.output.train,
         eval=rules.captions.output.eval,
         settings=tracked_params("run_config", run_spec),

@@ -3,12 +3,13 @@ into the paper's outputs."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
 
 from .. import figures, tables
-from ..io import read_parquet, write_csv, write_json, write_text
+from ..io import read_parquet, reading, write_csv, write_json, write_text
 
 
 def report_stage(
@@ -34,11 +35,14 @@ def report_stage(
     mean, spread, per_seed = tables.aggregate(metrics)
     split_tables = tables.split_tables(mean, spread, rewards)
     ratios = tables.ratios(per_seed)
-    write_text(tables.table1_markdown(split_tables, ratios, seeds), outputs["table_md"])
-    write_text(tables.table1_latex(split_tables, ratios, seeds), outputs["table_tex"])
-    write_json(tables.summary(split_tables, per_seed, ratios, seeds), outputs["summary"])
-
     runs = [tuple(run) for run in runs]
+    chosen_k = adaptive_k_records(runs, run_dirs)
+    write_text(tables.table1_markdown(split_tables, ratios, seeds) + tables.adaptive_k_markdown(chosen_k),
+               outputs["table_md"])
+    write_text(tables.table1_latex(split_tables, ratios, seeds), outputs["table_tex"])
+    summary = tables.summary(split_tables, per_seed, ratios, seeds)
+    write_json({**summary, "adaptive_k": chosen_k} if chosen_k else summary, outputs["summary"])
+
     curves = {run: read_parquet(Path(d) / "curve.parquet", "training curve", "train") for run, d in zip(runs, run_dirs)}
     logs = {run: read_parquet(Path(d) / "log.parquet", "training log", "train") for run, d in zip(runs, run_dirs)}
     pareto = figures.pareto_data(curves)
@@ -53,3 +57,15 @@ def report_stage(
         chosen = {name: table[table.split == "eval"] for name, table in chosen.items()}  # the held-out captions
         prompts = list(dict.fromkeys(chosen["base"].prompt))[:grid_prompts]
         figures.plot_grid(chosen, prompts, grid_images, outputs["grids_dir"] + f"/{backbone}_{reward}.png")
+
+
+def adaptive_k_records(runs: list[tuple], run_dirs: list[str]) -> list[dict]:
+    """For every run whose K sa_steps: auto chose: its keys and its config.json's record of the choice."""
+    records = []
+    for (backbone, reward, method, seed), d in zip(runs, run_dirs):
+        with reading("run config", Path(d) / "config.json", "run_config"):
+            chosen = json.loads((Path(d) / "config.json").read_text()).get("adaptive_k")
+        if chosen:
+            records.append({"backbone": backbone, "reward": reward, "method": method, "seed": int(seed),
+                            **{k: chosen[k] for k in ("share", "sa_steps", "decided")}})
+    return records

@@ -1,11 +1,13 @@
-"""The run_config stage: a run's resolved settings plus its train and evaluation prompts, as JSON."""
+"""The run_config stage: a run's resolved settings plus its train and evaluation prompts, as JSON. An adaptive K
+(sa_steps: auto) is chosen here, from the base model's diversity budget (the budget_base job of the run's seed)."""
 
 from __future__ import annotations
 
+from ..config import trained_steps
 from ..io import read_parquet, write_json
 
 
-def write_run_config(spec: dict, train_captions: str, eval_captions: str, out: str) -> None:
+def write_run_config(spec: dict, train_captions: str, eval_captions: str, out: str, budget: str | None = None) -> None:
     spec = dict(spec)
     n_eval = spec.pop("eval_prompt_count")
     spec["train_prompts"] = read_parquet(train_captions, "caption split", "captions").prompt.tolist()
@@ -15,4 +17,22 @@ def write_run_config(spec: dict, train_captions: str, eval_captions: str, out: s
             f"train.prompts_per_iteration={spec['train']['prompts_per_iteration']} exceeds the "
             f"{len(spec['train_prompts'])} training prompts"
         )
+    if "adaptive_k" in spec:
+        if budget is None:
+            raise ValueError("sa_steps: auto needs the base model's diversity budget (the budget_base job's Parquet)")
+        spec["method"], spec["adaptive_k"] = adaptive_k(spec["method"], spec["adaptive_k"]["share"], spec["train"],
+                                                        read_parquet(budget, "diversity budget", "budget_base"))
     write_json(spec, out)
+
+
+def adaptive_k(method: dict, share: float, train: dict, budget) -> tuple[dict, dict]:
+    """The method with the K chosen from a budget stage's table (rows: prompt, j, diversity), and the record of the
+    choice: the share asked for, K, the share its steps decide, and the budget by j. The budget is the analyses'
+    (stages.analyses.budget_summary): of the mean diversity over the captions, 1 - mean D(j) / mean D(0)."""
+    from ..metrics import diversity_budget, steps_deciding  # here: metrics imports torch, a fixed K's job does not
+
+    by_j = diversity_budget(budget.groupby("j").diversity.mean().sort_index().to_numpy())  # (J,)
+    k = steps_deciding(by_j, share, trained_steps(train["train_steps"], train["timestep_fraction"]))
+    decided = float(by_j[k + 1]) if k + 1 < len(by_j) else float("nan")
+    record = {"share": share, "sa_steps": k, "decided": decided, "budget": [round(float(b), 4) for b in by_j]}
+    return {**method, "sa_steps": k}, record

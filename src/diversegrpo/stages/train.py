@@ -92,6 +92,7 @@ class RunConfig:
     torch_threads: int
     processes: int = 1  # training processes of this one run (absent from a run config: 1; config.run_spec)
     world: str | None = None  # the world of the captions, whose ground truth the logs add (absent: a prompt file)
+    adaptive_k: dict | None = None  # how sa_steps: auto chose method.sa_steps (stages.run_config; absent: a fixed K)
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
