@@ -214,13 +214,16 @@ def semantic_errors(config: dict, root: Path = Path(".")) -> list[str]:
                           f"choose another")
     errors.extend(_name_collisions(config))
     counts = _caption_counts(config, root, errors)
-    for name, method in config["methods"].items():
-        merged = method_train(config, name)
+    errors.extend(sweep_errors := _sweep_errors(config))
+    # A sweep's methods are checked as methods.*: a K beyond the trained steps says so, named by its sweep point.
+    checked = {**config, "methods": {**config["methods"], **({} if sweep_errors else sweep_methods(config))}}
+    for name, method in checked["methods"].items():
+        merged = method_train(checked, name)
         where = f"methods.{name}.train" if method.get("train") else "train"
         if method["regularizer"] != "none" and "reg_weight" not in method:
             errors.append(f"methods.{name}.reg_weight: required with regularizer {method['regularizer']!r} (a "
                           f"number >= 0)")
-        k = method_settings(config, name)["sa_steps"]
+        k = method_settings(checked, name)["sa_steps"]
         if k == AUTO_K and method["regularizer"] != "sa_reg":
             errors.append(f"methods.{name}.sa_steps: auto chooses the K of regularizer 'sa_reg', not "
                           f"{method['regularizer']!r}")
@@ -411,6 +414,56 @@ def validate(config: dict, root: Path = Path(".")) -> dict:
     if errors:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
     return config
+
+
+# The sweeps section's parameters: where each sits in a method.
+SWEEP_KEYS = {"beta": ("creative", "beta"), "sa_steps": ("sa_steps",)}
+
+
+def sweep_points(config: dict) -> list[tuple[str, float | int, str]]:
+    """(parameter, value, method name) for every point of the sweeps section: the swept method itself where the value
+    is its own (the runs are shared), else <method>-<parameter><value>, which sweep_methods defines."""
+    name = config["sweeps"]["method"]
+    method = config["methods"].get(name, {})
+    points = []
+    for param, path in SWEEP_KEYS.items():
+        own = functools.reduce(lambda node, key: (node or {}).get(key), path, method)
+        points += [(param, value, name if value == own else f"{name}-{param}{value}")
+                   for value in config["sweeps"][param]]
+    return points
+
+
+def sweep_methods(config: dict) -> dict[str, dict]:
+    """The methods a sweep adds: the swept method with one key changed, by the names sweep_points gives."""
+    base, out = config["methods"][config["sweeps"]["method"]], {}
+    for param, value, name in sweep_points(config):
+        if name not in config["methods"]:
+            method = copy.deepcopy(base)
+            *parents, key = SWEEP_KEYS[param]
+            functools.reduce(lambda node, k: node[k], parents, method)[key] = value
+            out[name] = method
+    return out
+
+
+def _sweep_errors(config: dict) -> list[str]:
+    """A sweep's method must exist and have the swept keys: a creative block for beta, sa_reg for sa_steps (whose
+    values the method checks then cover, as they would in methods.*)."""
+    sweeps, errors = config["sweeps"], []
+    method = config["methods"].get(sweeps["method"])
+    if method is None:
+        return [f"sweeps.method: {sweeps['method']!r} is not defined under methods; defined: "
+                f"{sorted(config['methods'])}"]
+    if sweeps["beta"] and not method.get("creative"):
+        errors.append(f"sweeps.beta: method {sweeps['method']!r} has no creative reward to weigh; sweep a method "
+                      f"with one, or set beta: []")
+    if sweeps["sa_steps"] and method["regularizer"] != "sa_reg":
+        errors.append(f"sweeps.sa_steps: method {sweeps['method']!r} has regularizer {method['regularizer']!r}, "
+                      f"whose K does not exist; sweep an sa_reg method, or set sa_steps: []")
+    for param, value, name in sweep_points(config):
+        if name != sweeps["method"] and name in config["methods"]:
+            errors.append(f"sweeps.{param}: the point {value} is the method {name!r}, which methods.{name} already "
+                          f"defines; rename that method")
+    return errors
 
 
 def run_matrix(config: dict) -> list[tuple[str, str, str, int]]:

@@ -175,6 +175,21 @@ def plot_budget(summary: pd.DataFrame, path) -> None:
     _save(fig, path)
 
 
+def plot_sweep(table: pd.DataFrame, parameter: str, path) -> None:
+    """Diversity and the run's own reward against one swept parameter (stages.sweeps.sweep_table's rows of it), a
+    line per (reward, caption split) with the standard deviation over seeds; for K also its training seconds per
+    iteration, the compute it costs."""
+    measures = ["diversity", "own_reward"] + (["seconds_per_iteration"] if parameter == "sa_steps" else [])
+    fig, axes = plt.subplots(1, len(measures), figsize=(4.5 * len(measures), 3.6), squeeze=False)
+    for ax, measure in zip(axes[0], measures):
+        for (backbone, reward, split), rows in table.sort_values("value").groupby(["backbone", "reward", "split"]):
+            ax.errorbar(rows.value, rows[measure], yerr=rows[f"{measure}_std"].fillna(0), fmt="-o" if split == "train"
+                        else "--s", ms=3, capsize=2, label=f"{backbone}/{reward} ({split})")
+        ax.set(xlabel="K (SA-Reg steps)" if parameter == "sa_steps" else parameter, ylabel=measure.replace("_", " "))
+        ax.legend(fontsize=7)
+    _save(fig, path)
+
+
 def _save(fig, path) -> None:
     fig.tight_layout()
     with atomic_path(path) as tmp:

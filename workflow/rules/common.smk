@@ -34,6 +34,8 @@ try:
     cfg.validate(config, root=Path.cwd())  # where the captions stage will read the prompt files
 except cfg.ConfigError as e:
     raise WorkflowError(str(e)) from None
+# The sweeps' runs are runs of methods like any other (sweeps.smk asks for them): define those methods.
+config["methods"].update(cfg.sweep_methods(config))
 
 
 # Paper-world weights: one error naming every missing model, before any job starts. `onstart` does
@@ -67,6 +69,7 @@ localrules:
     run_config,
     report,
     analyses,
+    sweeps,
 
 
 wildcard_constraints:

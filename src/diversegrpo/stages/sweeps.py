@@ -1,0 +1,59 @@
+"""The sweeps stage: the paper's two trends. DiverseGRPO's diversity rises with the creative weight beta and
+saturates; a larger K (SA-Reg's constrained steps) helps with diminishing returns, at more compute. Each point of the
+sweeps section is a run of the swept method with one key changed (config.sweep_points); per point, backbone, reward
+and caption split: the mean over seeds and the standard deviation of its diversity, its own reward (own_reward),
+valid share and mode entropy (in a world with modes), and its training seconds per iteration (timings.parquet:
+sampling, scoring and the train pass, where K's reference forwards are paid)."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from .. import figures, tables
+from ..config import SWEEP_KEYS
+from ..io import read_parquet, write_parquet
+
+MEASURES = ("diversity", "own_reward", "valid_share", "mode_entropy", "seconds_per_iteration")
+
+
+def seconds_per_iteration(timings: pd.DataFrame) -> float:
+    """Wall seconds of one iteration (sampling, scoring, training) averaged over a run's timings.parquet."""
+    return float(timings[["seconds_sample", "seconds_score", "seconds_train"]].sum(axis=1).mean())
+
+
+def sweep_table(points: list[tuple], metrics: pd.DataFrame, seconds: dict[tuple, float]) -> pd.DataFrame:
+    """One row per (parameter, value, backbone, reward, split) of `points` (parameter, value, method): the mean over
+    seeds of each measure and, with two seeds or more, its sample standard deviation (`<measure>_std`). `metrics`:
+    the evaluate stage's long tables of the points' runs; `seconds`: (backbone, reward, method, seed) -> seconds per
+    iteration."""
+    per_seed = tables.overall_table(metrics)
+    per_seed["own_reward"] = [row[f"reward_{row['reward']}"] for row in per_seed.to_dict("records")]
+    per_seed["seconds_per_iteration"] = [seconds[(b, r, m, int(s))] for b, r, m, s in
+                                         zip(per_seed.backbone, per_seed.reward, per_seed.method, per_seed.seed)]
+    rows = []
+    for param, value, method in points:
+        for (split, backbone, reward), runs in per_seed[per_seed.method == method].groupby(
+                ["split", "backbone", "reward"], sort=False):
+            row = {"parameter": param, "value": value, "method": method, "backbone": backbone, "reward": reward,
+                   "split": split, "seeds": len(runs)}
+            for measure in (m for m in MEASURES if m in runs):
+                row[measure] = float(runs[measure].mean())
+                row[f"{measure}_std"] = float(runs[measure].std(ddof=1)) if len(runs) > 1 else math.nan
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def sweeps_stage(points: list[tuple], runs: list[tuple], metrics_files: list[str], timings_files: list[str],
+                 outputs: dict[str, str]) -> None:
+    """`points` (parameter, value, method); `runs` (backbone, reward, method, seed) of every point, with their
+    metrics and timings files in the same order. Writes the table and one figure per parameter."""
+    runs = [(b, r, m, int(s)) for b, r, m, s in runs]
+    metrics = pd.concat([read_parquet(f, "metrics", "evaluate") for f in metrics_files], ignore_index=True)
+    seconds = {run: seconds_per_iteration(read_parquet(f, "timings", "train")) for run, f in zip(runs, timings_files)}
+    table = sweep_table([(p, v, m) for p, v, m in points], metrics, seconds)
+    write_parquet(table, outputs["table"])
+    print(table.to_string())
+    for param in SWEEP_KEYS:  # a figure each, empty for a parameter with no values
+        figures.plot_sweep(table[table.parameter == param], param, outputs[f"{param}_png"])

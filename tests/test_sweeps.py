@@ -1,0 +1,54 @@
+"""The beta and K sweeps: which runs a sweeps section asks for, and the table of their trends (exact values on a
+constructed metrics table)."""
+
+import math
+
+import pandas as pd
+import pytest
+
+from diversegrpo import config as C
+from diversegrpo.stages.sweeps import seconds_per_iteration, sweep_table
+
+
+def test_a_sweep_point_is_the_method_with_one_key_changed_and_its_own_value_shares_its_runs():
+    config = C.deep_merge(C.defaults(), {"sweeps": {"method": "diverse_grpo", "beta": [0.05, 0.1], "sa_steps": [3]}})
+    assert C.sweep_points(config) == [("beta", 0.05, "diverse_grpo"), ("beta", 0.1, "diverse_grpo-beta0.1"),
+                                      ("sa_steps", 3, "diverse_grpo-sa_steps3")]
+    methods = C.sweep_methods(config)
+    base = config["methods"]["diverse_grpo"]
+    assert set(methods) == {"diverse_grpo-beta0.1", "diverse_grpo-sa_steps3"}
+    assert methods["diverse_grpo-beta0.1"] == {**base, "creative": {**base["creative"], "beta": 0.1}}
+    assert methods["diverse_grpo-sa_steps3"] == {**base, "sa_steps": 3}
+    assert config["methods"]["diverse_grpo"]["creative"]["beta"] == 0.05  # the swept method is left as it was
+    with_sweeps = {**config, "methods": {**config["methods"], **methods}}
+    spec = C.run_spec(with_sweeps, "toy", "colour", "diverse_grpo-sa_steps3", None, 0)
+    assert spec["method"]["sa_steps"] == 3
+
+
+def metrics_rows(method: str, seed: int, diversity: float, colour: float) -> list[dict]:
+    keys = {"backbone": "toy", "reward": "colour", "method": method, "seed": seed, "split": "train", "scope": "overall",
+            "prompt": ""}
+    return [{**keys, "metric": "diversity", "value": diversity}, {**keys, "metric": "reward_colour", "value": colour},
+            {**keys, "metric": "reward_contrast", "value": 0.0}]
+
+
+def test_the_sweep_table_averages_each_point_over_seeds():
+    metrics = pd.DataFrame(metrics_rows("dg", 0, 0.4, 0.8) + metrics_rows("dg", 1, 0.6, 0.9)
+                           + metrics_rows("dg-beta0.1", 0, 0.5, 0.7))
+    seconds = {("toy", "colour", "dg", 0): 1.0, ("toy", "colour", "dg", 1): 3.0,
+               ("toy", "colour", "dg-beta0.1", 0): 2.0}
+    table = sweep_table([("beta", 0.05, "dg"), ("beta", 0.1, "dg-beta0.1"), ("sa_steps", 2, "dg")], metrics, seconds)
+    assert table[["parameter", "value", "method", "seeds"]].values.tolist() == [
+        ["beta", 0.05, "dg", 2], ["beta", 0.1, "dg-beta0.1", 1], ["sa_steps", 2, "dg", 2]]
+    first = table.iloc[0]
+    assert first.diversity == pytest.approx(0.5) and first.diversity_std == pytest.approx(math.sqrt(0.02))
+    assert first.own_reward == pytest.approx(0.85)  # the colour reward of a colour run, not the contrast one
+    assert first.seconds_per_iteration == pytest.approx(2.0) and first.seconds_per_iteration_std == pytest.approx(
+        math.sqrt(2))
+    assert math.isnan(table.iloc[1].diversity_std)  # one seed: no spread
+
+
+def test_seconds_per_iteration_adds_sampling_scoring_and_training():
+    timings = pd.DataFrame({"iteration": [0, 1], "seconds_sample": [1.0, 2.0], "seconds_score": [0.5, 0.5],
+                            "seconds_train": [2.0, 4.0]})
+    assert seconds_per_iteration(timings) == pytest.approx(5.0)
