@@ -56,12 +56,14 @@ LOADED = "; import sys; print(len(sys.modules), *[m for m in {watched} if m in s
 
 SAMPLE = """
 import sys
-from diversegrpo.stages.sample import sample_stage
+from diversegrpo.stages.sample import SampleSettings, sample_stage
 fixtures = sys.argv[1]
 spec = {{"kind": "toy", "path": fixtures + "/backbone", "eval_steps": 1, "guidance_scale": 1.0,
          "lora": {lora}}}
 captions = {{"eval": fixtures + "/eval.parquet", "train": fixtures + "/eval.parquet"}}
-sample_stage(spec, fixtures + "/lora", captions, 1, 1, {{"colour": {{"kind": "toy_colour"}}}}, 0, "cpu", 1, sys.argv[2])
+settings = SampleSettings(backbone=spec, rewards={{"colour": {{"kind": "toy_colour"}}}},
+                          sample={{"images_per_prompt": 1, "max_prompts": 1}}, seed=0, device="cpu", torch_threads=1)
+sample_stage(settings, fixtures + "/lora", captions, sys.argv[2])
 """
 
 

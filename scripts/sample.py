@@ -3,10 +3,8 @@ import sys
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")  # noqa: F821
 
-from diversegrpo.stages.sample import sample_stage  # noqa: E402
+from diversegrpo.stages.sample import SampleSettings, sample_stage  # noqa: E402
 
-s = snakemake.params.settings  # noqa: F821
 captions = {"eval": snakemake.input.eval, "train": snakemake.input.train}  # noqa: F821
-sample_stage(s["backbone"], snakemake.params.lora, captions, s["sample"]["images_per_prompt"],  # noqa: F821
-             s["sample"].get("max_prompts"), s["rewards"], s["seed"], s["device"], s["torch_threads"],
+sample_stage(SampleSettings(**snakemake.params.settings), snakemake.params.lora, captions,  # noqa: F821
              snakemake.output[0])  # noqa: F821

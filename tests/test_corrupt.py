@@ -71,10 +71,11 @@ def _parquet(tmp_path: Path, toy_dir: Path) -> Path:
 
 
 def _sample(path: Path, toy_dir: Path) -> None:
-    from diversegrpo.stages.sample import sample_stage
+    from diversegrpo.stages.sample import SampleSettings, sample_stage
 
-    sample_stage({}, None, {"eval": str(path), "train": str(path)}, 2, None, {}, 0, "cpu", 1,
-                 str(path.parent / "out.parquet"))
+    settings = SampleSettings(backbone={}, rewards={}, sample={"images_per_prompt": 2, "max_prompts": None}, seed=0,
+                              device="cpu", torch_threads=1)
+    sample_stage(settings, None, {"eval": str(path), "train": str(path)}, str(path.parent / "out.parquet"))
 
 
 def _evaluate(path: Path, toy_dir: Path) -> None:

@@ -9,7 +9,7 @@ import torch
 from diversegrpo.io import png_bytes
 from diversegrpo.registry import build_backbone
 from diversegrpo.sampling import sample_images
-from diversegrpo.stages.sample import sample_stage
+from diversegrpo.stages.sample import SampleSettings, sample_stage
 
 EVAL = ["a red disc", "a blue cross", "a green frame"]
 TRAIN = ["a red square", "a blue disc", "a green cross", "a yellow frame"]
@@ -27,7 +27,9 @@ def test_both_splits_in_one_file_eval_images_as_alone(tiny_toy_dir, tmp_path):
     spec = {"kind": "toy", "path": str(tiny_toy_dir), "eval_steps": 2, "guidance_scale": 1.0,
             "lora": {"rank": 2, "alpha": 2}}
     out = tmp_path / "images.parquet"
-    sample_stage(spec, None, captions(tmp_path), 2, 2, {"colour": {"kind": "toy_colour"}}, 3, "cpu", 1, str(out))
+    settings = SampleSettings(backbone=spec, rewards={"colour": {"kind": "toy_colour"}},
+                              sample={"images_per_prompt": 2, "max_prompts": 2}, seed=3, device="cpu", torch_threads=1)
+    sample_stage(settings, None, captions(tmp_path), str(out))
     table = pd.read_parquet(out)
     assert table.split.tolist() == ["eval"] * 4 + ["train"] * 4
     assert table.prompt.tolist() == [p for p in EVAL[:2] + TRAIN[:2] for _ in range(2)]  # the first in file order

@@ -1,13 +1,14 @@
 """The budget stage: how much of a model's diversity each denoising step decides (the paper: the first third of
-the steps decides about two thirds). For each of the first `prompts` held-out captions, `branches` samples of the
-rollout SDE share the first j of one trajectory's T + 1 noise draws and draw the rest fresh (j = 0 .. T + 1,
-sampling.branched_samples). Per caption and j: their diversity D(j), the share 1 - D(j) / D(0) the first j
-draws decide (metrics.diversity_budget), and in a world with ground truth the share of branches that keep the
-mode of the fully shared trajectory."""
+the steps decides about two thirds). For each of the first analyses.budget_prompts held-out captions,
+analyses.budget_branches samples of the rollout SDE share the first j of one trajectory's T + 1 noise draws and
+draw the rest fresh (j = 0 .. T + 1, sampling.branched_samples). Per caption and j: their diversity D(j), the share
+1 - D(j) / D(0) the first j draws decide (metrics.diversity_budget), and in a world with ground truth the share of
+branches that keep the mode of the fully shared trajectory."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import pandas as pd
 import torch
@@ -19,24 +20,36 @@ from ..registry import build_backbone, build_features, build_world
 from ..sampling import branched_samples
 
 
-def budget_stage(backbone_spec: dict, rollout: dict, lora_dir: str | None, eval_captions: str, prompts: int,
-                 branches: int, features_spec: dict, world: str | None, seed: int, device: str, torch_threads: int,
-                 out: str, micro_batch: int | None = None) -> None:
-    """`rollout`: the backbone's rollout settings (config.rollout_settings: train_steps, guidance_scale,
-    noise_level, sde_type), the SDE whose steps are measured; `micro_batch`: samples per forward (memory only;
-    a caption's (T + 2) x branches samples otherwise go through at once)."""
-    torch.set_num_threads(torch_threads)
-    captions = read_parquet(eval_captions, "evaluation captions", "captions").prompt.tolist()[:prompts]
-    backbone = build_backbone(backbone_spec, resolve_device(device))
+@dataclass
+class BudgetSettings:
+    """What a budget job reads of the config (the workflow's budget_params, one job's file under results/params/)."""
+
+    backbone: dict  # backbones.<name>, with the pre-trained toy's path
+    rollout: dict  # its rollout SDE, whose steps are measured (config.rollout_settings)
+    micro_batch: int | None  # samples per forward (memory only; else a caption's (T + 2) x branches at once)
+    analyses: dict  # budget_prompts, budget_branches
+    features: dict
+    world: str | None  # the world whose modes the kept-mode share follows (None: a prompt file)
+    seed: int
+    device: str
+    torch_threads: int
+
+
+def budget_stage(settings: BudgetSettings, lora_dir: str | None, eval_captions: str, out: str) -> None:
+    s = settings
+    torch.set_num_threads(s.torch_threads)
+    captions = read_parquet(eval_captions, "evaluation captions", "captions").prompt.tolist()
+    backbone = build_backbone(s.backbone, resolve_device(s.device))
     if lora_dir is not None:
-        backbone.load_trained_lora(backbone_spec["lora"], lora_dir)
-    embed, truth = build_features(features_spec), build_world(world)
+        backbone.load_trained_lora(s.backbone["lora"], lora_dir)
+    embed, truth = build_features(s.features), build_world(s.world)
+    rollout, branches = s.rollout, s.analyses["budget_branches"]
     rows = []
-    for i, prompt in enumerate(captions):
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + i)
+    for i, prompt in enumerate(captions[: s.analyses["budget_prompts"]]):
+        generator = torch.Generator().manual_seed(s.seed * 1_000_003 + i)
         # (T + 2, branches, 3, H, W): level j shares the first j noise draws
         images = branched_samples(backbone, prompt, branches, rollout["train_steps"], rollout["guidance_scale"],
-                                  rollout["noise_level"], generator, rollout["sde_type"], micro_batch).cpu()
+                                  rollout["noise_level"], generator, rollout["sde_type"], s.micro_batch).cpu()
         diversity = [metrics.mean_pairwise_distance(embed(level)) for level in images]
         keep = _kept_mode(truth, images, prompt) if truth else [math.nan] * len(images)
         for j, (d, b, k) in enumerate(zip(diversity, metrics.diversity_budget(diversity), keep)):
