@@ -53,8 +53,10 @@ def _settings():
     from diversegrpo.trainer import CreativeSettings, MethodSettings, TrainSettings
 
     method = MethodSettings(regularizer="sa_reg", reg_weight=10.0, sa_steps=1, creative=CreativeSettings(k=2))
+    # the sampler and the trained steps set here, not taken from config.yaml's defaults: the test must not change
+    # with them
     train = TrainSettings(prompts_per_iteration=len(PROMPTS), group_size=GROUP, lr=1e-2, train_steps=3,
-                          guidance_scale=1.5, noise_level=0.7, minibatches=1)
+                          guidance_scale=1.5, noise_level=0.7, sde_type="cps", timestep_fraction=0.5, minibatches=1)
     return method, train
 
 
