@@ -52,3 +52,17 @@ def test_seconds_per_iteration_adds_sampling_scoring_and_training():
     timings = pd.DataFrame({"iteration": [0, 1], "seconds_sample": [1.0, 2.0], "seconds_score": [0.5, 0.5],
                             "seconds_train": [2.0, 4.0]})
     assert seconds_per_iteration(timings) == pytest.approx(5.0)
+
+
+def test_each_parameter_gets_a_figure_even_without_values(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from diversegrpo import figures
+
+    metrics = pd.DataFrame(metrics_rows("dg", 0, 0.4, 0.8) + metrics_rows("dg", 1, 0.6, 0.9))
+    seconds = {("toy", "colour", "dg", 0): 1.0, ("toy", "colour", "dg", 1): 3.0}
+    table = sweep_table([("sa_steps", 2, "dg")], metrics, seconds)
+    figures.plot_sweep(table, "sa_steps", tmp_path / "k.png")
+    figures.plot_sweep(table.iloc[:0], "beta", tmp_path / "beta.png")
+    assert (tmp_path / "k.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "beta.png").stat().st_size > 0

@@ -182,11 +182,17 @@ def plot_sweep(table: pd.DataFrame, parameter: str, path) -> None:
     measures = ["diversity", "own_reward"] + (["seconds_per_iteration"] if parameter == "sa_steps" else [])
     fig, axes = plt.subplots(1, len(measures), figsize=(4.5 * len(measures), 3.6), squeeze=False)
     for ax, measure in zip(axes[0], measures):
+        timed = measure == "seconds_per_iteration"
         for (backbone, reward, split), rows in table.sort_values("value").groupby(["backbone", "reward", "split"]):
+            if timed and split != "train":
+                continue  # a run's time, the same row under either split
             ax.errorbar(rows.value, rows[measure], yerr=rows[f"{measure}_std"].fillna(0), fmt="-o" if split == "train"
-                        else "--s", ms=3, capsize=2, label=f"{backbone}/{reward} ({split})")
+                        else "--s", ms=3, capsize=2, label=f"{backbone}/{reward}" + ("" if timed else f" ({split})"))
         ax.set(xlabel="K (SA-Reg steps)" if parameter == "sa_steps" else parameter, ylabel=measure.replace("_", " "))
-        ax.legend(fontsize=7)
+        if parameter == "sa_steps":
+            ax.xaxis.get_major_locator().set_params(integer=True)
+        if ax.get_legend_handles_labels()[0]:  # a parameter swept over no values draws empty axes
+            ax.legend(fontsize=7)
     _save(fig, path)
 
 
