@@ -189,3 +189,7 @@ def test_the_run_config_records_the_k_it_chose_from_the_budget(tmp_path):
                                      "budget": [0.0, 0.1, 0.7333, 0.9667]}
     with pytest.raises(ValueError, match="needs the base model's diversity budget"):
         write_run_config(spec, captions, captions, tmp_path / "other.json")
+    budget.assign(diversity=0.0).to_parquet(tmp_path / "flat.parquet")  # a base model without diversity
+    with pytest.raises(ValueError, match="no diversity"):
+        write_run_config(spec, captions, captions, tmp_path / "other.json", tmp_path / "flat.parquet")
+    assert not (tmp_path / "other.json").exists()

@@ -36,6 +36,7 @@ class BudgetSettings:
 
 
 def budget_stage(settings: BudgetSettings, lora_dir: str | None, eval_captions: str, out: str) -> None:
+    """The budget table of the base model (`lora_dir` None) or of a run's adapter, written to `out`."""
     s = settings
     torch.set_num_threads(s.torch_threads)
     captions = read_parquet(eval_captions, "evaluation captions", "captions").prompt.tolist()

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..config import trained_steps
 from ..io import read_parquet, write_json
 
@@ -31,8 +33,11 @@ def adaptive_k(method: dict, share: float, train: dict, budget) -> tuple[dict, d
     (stages.analyses.budget_summary): of the mean diversity over the captions, 1 - mean D(j) / mean D(0)."""
     from ..metrics import diversity_budget, steps_deciding  # here: metrics imports torch, a fixed K's job does not
 
-    by_j = diversity_budget(budget.groupby("j").diversity.mean().sort_index().to_numpy())  # (J,)
-    k = steps_deciding(by_j, share, trained_steps(train["train_steps"], train["timestep_fraction"]))
-    decided = float(by_j[k + 1]) if k + 1 < len(by_j) else float("nan")
-    record = {"share": share, "sa_steps": k, "decided": decided, "budget": [round(float(b), 4) for b in by_j]}
+    by_j = diversity_budget(budget.groupby("j").diversity.mean().sort_index().to_numpy())  # (J,) = (T + 2,)
+    if np.isnan(by_j).any():
+        raise ValueError("sa_steps: auto: the base model's samples in the budget table have no diversity (D(0) = 0), "
+                         "so no share of it can choose K; set sa_steps to a number")
+    k = steps_deciding(by_j, share, trained_steps(train["train_steps"], train["timestep_fraction"]))  # <= T
+    record = {"share": share, "sa_steps": k, "decided": float(by_j[k + 1]),
+              "budget": [round(float(b), 4) for b in by_j]}
     return {**method, "sa_steps": k}, record
