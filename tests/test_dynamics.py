@@ -129,7 +129,8 @@ def test_a_model_whose_diversity_the_initial_noise_decides_has_spent_its_budget_
     """With noise_level 0 the rollout is the ODE: branches that share the initial noise are one image."""
     import torch
 
-    from diversegrpo.metrics import diversity_budget, mean_pairwise_distance
+    from diversegrpo.dynamics import diversity_budget
+    from diversegrpo.metrics import mean_pairwise_distance
     from diversegrpo.registry import build_backbone, build_features
     from diversegrpo.sampling import branched_samples
 
@@ -146,14 +147,14 @@ def test_a_model_whose_diversity_the_initial_noise_decides_has_spent_its_budget_
 
 
 def test_the_budget_is_the_share_of_diversity_the_first_draws_decide():
-    from diversegrpo.metrics import diversity_budget
+    from diversegrpo.dynamics import diversity_budget
 
     assert diversity_budget(np.array([0.4, 0.1, 0.0])).tolist() == [0.0, 0.75, 1.0]
     assert np.isnan(diversity_budget(np.array([0.0, 0.0]))).all()
 
 
 def test_the_adaptive_k_is_the_fewest_steps_that_decide_the_share():
-    from diversegrpo.metrics import steps_deciding
+    from diversegrpo.dynamics import steps_deciding
 
     budget = np.array([0.0, 0.04, 0.71, 0.91, 0.98, 1.0])  # j = 0 .. 5: j = K + 1 draws are K steps' and x_T's
     assert steps_deciding(budget, 0.66, 4) == 1

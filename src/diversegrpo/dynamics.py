@@ -1,4 +1,5 @@
-"""Two analyses of training runs, as pure functions of their logs and curves (the analyses stage applies them).
+"""The paper's analyses as pure numpy functions of logs, curves and budget tables (the analyses, budget and run_config
+stages apply them).
 
 - Sample efficiency (the paper: DiverseGRPO reaches Flow-GRPO's final quality in fewer iterations): the first
   evaluation at which a run's reward reaches the baseline's final reward.
@@ -6,6 +7,8 @@
   dw_k/dt = eta w_k (r_k - sum_j w_j r_j), r_k the mean reward of mode k's rollouts. One eta is fitted to
   the measured shares from the measured start and the measured rewards; R^2 says how much of the shares'
   movement the equation explains.
+- Diversity budget per denoising step: the share of a model's diversity that the first j noise draws decide, and
+  the adaptive K taken from it.
 """
 
 from __future__ import annotations
@@ -82,3 +85,21 @@ def fit_replicator(shares: np.ndarray, rewards: np.ndarray, grid: np.ndarray = E
     eta = min((candidates[best], (lo + hi) / 2), key=sse)
     predicted = replicator_trajectory(shares[0], rewards, eta)
     return ReplicatorFit(eta=float(eta), r2=r_squared(shares, predicted), predicted=predicted)
+
+
+def diversity_budget(diversity: np.ndarray) -> np.ndarray:
+    """(..., J) share of the diversity decided by the first j noise draws, 1 - D(j) / D(0), from (..., J) the
+    diversity D(j) of samples that share the first j draws (sampling.branched_samples; D(0): nothing shared). NaN
+    where D(0) is 0: there is nothing to decide."""
+    diversity = np.asarray(diversity, dtype=float)
+    start = diversity[..., :1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(start > 0, 1 - diversity / start, np.nan)
+
+
+def steps_deciding(budget: np.ndarray, share: float, max_steps: int) -> int:
+    """K, the fewest denoising steps whose noise decides `share` of the diversity together with the initial noise,
+    from (J,) the budget by shared draws j (diversity_budget: j = 1 the initial noise alone, j = K + 1 it and the
+    first K steps' noise). At least 1; `max_steps` when even those decide less."""
+    budget = np.asarray(budget, dtype=float)
+    return next((k for k in range(1, max_steps) if k + 1 < len(budget) and budget[k + 1] >= share), max_steps)

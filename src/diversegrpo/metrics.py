@@ -94,17 +94,3 @@ def mode_statistics(modes: np.ndarray, valid: np.ndarray, num_modes: int) -> dic
         "mode_entropy": float(-(p * np.log(p)).sum() / np.log(num_modes)),
     }
 
-
-def diversity_budget(diversity: np.ndarray) -> np.ndarray:
-    """(J,) share of the diversity decided by the first j noise draws, 1 - D(j) / D(0), from (J,) the diversity
-    D(j) of samples that share the first j draws (sampling.branched_samples; D(0): nothing shared)."""
-    diversity = np.asarray(diversity, dtype=float)
-    return 1 - diversity / diversity[0] if diversity[0] > 0 else np.full_like(diversity, np.nan)
-
-
-def steps_deciding(budget: np.ndarray, share: float, max_steps: int) -> int:
-    """K, the fewest denoising steps whose noise decides `share` of the diversity together with the initial noise,
-    from (J,) the budget by shared draws j (diversity_budget: j = 1 the initial noise alone, j = K + 1 it and the
-    first K steps' noise). At least 1; `max_steps` when even those decide less."""
-    budget = np.asarray(budget, dtype=float)
-    return next((k for k in range(1, max_steps) if k + 1 < len(budget) and budget[k + 1] >= share), max_steps)

@@ -116,9 +116,8 @@ def budget_summary(budget: pd.DataFrame, resamples: int = 200) -> pd.DataFrame:
     for key, table in budget.groupby(KEYS[:3], sort=False):
         d = table.pivot_table(index=["seed", "prompt"], columns="j", values="diversity").to_numpy()  # (units, J)
         picks = rng.integers(len(d), size=(resamples, len(d)))  # (resamples, units)
-        means = d[picks].mean(axis=1)  # (resamples, J)
-        shares = 1 - means / means[:, :1]
-        share = 1 - d.mean(axis=0) / d.mean(axis=0)[0]
+        shares = dynamics.diversity_budget(d[picks].mean(axis=1))  # (resamples, J)
+        share = dynamics.diversity_budget(d.mean(axis=0))  # (J,)
         error = np.nanstd(shares, axis=0, ddof=1) if len(d) > 1 else np.full(d.shape[1], np.nan)
         rows += [dict(zip(KEYS[:3], key)) | {"j": j, "mean": m, "std": e} for j, (m, e) in enumerate(zip(share, error))]
     return pd.DataFrame(rows)

@@ -2,7 +2,7 @@
 the steps decides about two thirds). For each of the first analyses.budget_prompts held-out captions,
 analyses.budget_branches samples of the rollout SDE share the first j of one trajectory's T + 1 noise draws and
 draw the rest fresh (j = 0 .. T + 1, sampling.branched_samples). Per caption and j: their diversity D(j), the share
-1 - D(j) / D(0) the first j draws decide (metrics.diversity_budget), and in a world with ground truth the share of
+1 - D(j) / D(0) the first j draws decide (dynamics.diversity_budget), and in a world with ground truth the share of
 branches that keep the mode of the fully shared trajectory."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from .. import metrics
+from .. import dynamics, metrics
 from ..distributed import resolve_device
 from ..io import read_parquet, write_parquet
 from ..registry import build_backbone, build_features, build_world
@@ -53,7 +53,7 @@ def budget_stage(settings: BudgetSettings, lora_dir: str | None, eval_captions: 
                                   rollout["noise_level"], generator, rollout["sde_type"], s.micro_batch).cpu()
         diversity = [metrics.mean_pairwise_distance(embed(level)) for level in images]
         keep = _kept_mode(truth, images, prompt) if truth else [math.nan] * len(images)
-        for j, (d, b, k) in enumerate(zip(diversity, metrics.diversity_budget(diversity), keep)):
+        for j, (d, b, k) in enumerate(zip(diversity, dynamics.diversity_budget(diversity), keep)):
             rows.append({"prompt": prompt, "j": j, "diversity": d, "budget": float(b), "keep_mode": k})
     write_parquet(pd.DataFrame(rows), out)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import trained_steps
+from ..dynamics import diversity_budget, steps_deciding
 from ..io import read_parquet, write_json
 
 
@@ -31,8 +32,6 @@ def adaptive_k(method: dict, share: float, train: dict, budget) -> tuple[dict, d
     """The method with the K chosen from a budget stage's table (rows: prompt, j, diversity), and the record of the
     choice: the share asked for, K, the share its steps decide, and the budget by j. The budget is the analyses'
     (stages.analyses.budget_summary): of the mean diversity over the captions, 1 - mean D(j) / mean D(0)."""
-    from ..metrics import diversity_budget, steps_deciding  # here: metrics imports torch, a fixed K's job does not
-
     by_j = diversity_budget(budget.groupby("j").diversity.mean().sort_index().to_numpy())  # (J,) = (T + 2,)
     if np.isnan(by_j).any():
         raise ValueError("sa_steps: auto: the base model's samples in the budget table have no diversity (D(0) = 0), "

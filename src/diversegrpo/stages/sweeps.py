@@ -52,7 +52,7 @@ def sweeps_stage(points: list[tuple], runs: list[tuple], metrics_files: list[str
     runs = [(b, r, m, int(s)) for b, r, m, s in runs]
     metrics = pd.concat([read_parquet(f, "metrics", "evaluate") for f in metrics_files], ignore_index=True)
     seconds = {run: seconds_per_iteration(read_parquet(f, "timings", "train")) for run, f in zip(runs, timings_files)}
-    table = sweep_table([(p, v, m) for p, v, m in points], metrics, seconds)
+    table = sweep_table(points, metrics, seconds)
     write_parquet(table, outputs["table"])
     print(table.to_string())
     for param in SWEEP_KEYS:  # a figure each, empty for a parameter with no values
