@@ -33,6 +33,20 @@ def test_labeller_rejects_wrong_colour_shape_and_empty_images():
     assert labels.colour_ok[0] and labels.shape_ok[0] and labels.mode[0] == -1 and not labels.valid[0]
 
 
+def test_hazy_pre_training_images_are_invalid_score_lower_and_come_in_their_share():
+    prompts = [c["prompt"] for c in world.captions()] * 128
+    clean, modes = world.sample_images(prompts, np.random.default_rng(0))
+    hazy, hazy_modes = world.sample_images(prompts, np.random.default_rng(0), hazy_share=1.0)
+    np.testing.assert_array_equal(modes, hazy_modes)  # the haze is drawn after the modes and offsets
+    assert not world.label(hazy, prompts).valid.any()  # no clean tint behind the veil
+    for reward in (ColourReward(), ContrastReward()):
+        scores, clean_scores = reward(hazy, prompts), reward(clean, prompts)
+        assert (scores < clean_scores + 0.01).all() and scores.mean() < clean_scores.mean() - 0.4
+    mixed, _ = world.sample_images(prompts, np.random.default_rng(1), hazy_share=world.HAZY_SHARE)
+    assert 1 - world.label(mixed, prompts).valid.mean() == pytest.approx(world.HAZY_SHARE, abs=0.03)
+    assert torch.equal(world.ToyWorld().sample_images(prompts, np.random.default_rng(1)), mixed)
+
+
 def test_parse_rejects_prompts_outside_the_world():
     with pytest.raises(ValueError, match="exactly one colour"):
         world.parse("a purple disc")
