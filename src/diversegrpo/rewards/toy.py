@@ -7,6 +7,9 @@ taste (2% of the score) for one background tint, as real preference models have 
 favour certain palettes and lighting). Among good images only the taste differs, and group-normalised
 advantages turn it into a full-size signal: the replicator dynamics of the paper push all mass onto
 the preferred tint.
+
+The base-model shares quoted below, which set where each term saturates, were measured on the base model
+of a world whose pre-training images were all clean, before a share of them was hazy (worlds/toy.py).
 """
 
 from __future__ import annotations
