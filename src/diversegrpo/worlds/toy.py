@@ -62,7 +62,7 @@ _TINT_TOLERANCE = 0.12  # colour distance from a tint within which a border coun
 FOREGROUND_THRESHOLD = 0.25  # colour distance from the image's background
 _MIN_AREA = 8  # pixels; less is "no object"
 HAZY_SHARE = 0.3  # of the pre-training images
-HAZE = (0.7, 0.8)  # weight of a hazy image's grey veil, drawn uniformly; the rewards score it 0.4 down to 0
+HAZE = (0.7, 0.8)  # weight of a hazy image's grey veil, drawn uniformly: both rewards average 0.38 at 0.7, 0 at 0.8
 _VEIL = 0.5  # the veil's grey
 
 
