@@ -22,7 +22,7 @@ the world's images (its pre-training data, `ToyWorld.sample_images`) lie under a
 drawn from HAZE: the whole image, like a tint, so that the choice is one global direction again. The
 labeller finds no clean tint behind the veil, so a hazy image is never valid, and both toy rewards score
 it low (little contrast, a washed-out colour). A lighter veil (0.6-0.75) left near half of the hazy
-images scoring like clean ones: a defect the rewards cannot see is no headroom for GRPO, and there
+images scoring above 0.7: a defect the rewards cannot see is no headroom for GRPO, and there
 DiverseGRPO kept 14 % hazy images where Flow-GRPO, whose preferred tint is no hazy background, kept 1 %.
 """
 
