@@ -68,6 +68,8 @@ BAD_CONFIGS = [
     ("zero eval steps", {"backbones": {"toy": {"eval_steps": 0}}}, "backbones.toy.eval_steps: 0 is less than the minimum of 1"),
     ("zero iterations", {"train": {"iterations": 0}}, "train.iterations: 0 is less than the minimum of 1"),
     ("zero timestep fraction", {"train": {"timestep_fraction": 0}}, "train.timestep_fraction: 0 is less than or equal to the minimum of 0"),
+    ("every CPS step trained, the last deterministic", {"train": {"timestep_fraction": 1.0}}, "train.timestep_fraction: 1.0 trains all 6 steps of backbone 'toy', whose last CPS step is deterministic"),
+    ("every CPS step trained by one method", {"methods": {"sa_reg": {"train": {"timestep_fraction": 1.0}}}}, "methods.sa_reg.train.timestep_fraction: 1.0 trains all 6 steps"),
     ("zero noise level: no SDE", {"backbones": {"toy": {"noise_level": 0}}}, "backbones.toy.noise_level: 0 is less than or equal to the minimum of 0"),
     ("CPS noise level above 1", {"backbones": {"toy": {"sde_type": "cps", "noise_level": 1.5}}}, "backbones.toy.noise_level: 1.5 with sde_type 'cps'"),
     ("zero LoRA rank", {"backbones": {"toy": {"lora": {"rank": 0}}}}, "backbones.toy.lora.rank: 0 is less than the minimum of 1"),
@@ -203,6 +205,13 @@ def test_shipped_configs_are_valid():
     oracle = C.deep_merge(BASE, C.load(ROOT / "config/oracle.yaml"))
     C.validate(oracle, root=ROOT)
     assert oracle["rewards"]["oracle"]["kind"] == "toy_oracle" and "colour" in oracle["rewards"]  # merged, not replaced
+
+
+def test_every_step_may_be_trained_where_the_last_one_draws_noise():
+    """Flow-GRPO's SDE keeps noise on its last step (std_t sqrt(-dt) > 0), so timestep_fraction 1 is a real
+    choice there; only CPS's last step, which draws none, is refused."""
+    sde = {"backbones": {"toy": {"sde_type": "sde", "noise_level": 0.7}}, "train": {"timestep_fraction": 1.0}}
+    C.validate(C.deep_merge(BASE, sde), root=ROOT)
 
 
 def test_paper_config_is_valid_with_its_prompt_file(tmp_path):

@@ -237,6 +237,7 @@ def semantic_errors(config: dict, root: Path = Path(".")) -> list[str]:
                         f"methods.{name}.sa_steps: K={k} is larger than the {trained} trained steps of backbone {b!r} "
                         f"(int(train_steps * timestep_fraction)); allowed: 1..{trained}"
                     )
+        errors.extend(_last_step_errors(config, merged, where))
         group = merged["group_size"]
         creative = method.get("creative")
         if creative:
@@ -321,6 +322,22 @@ def _name_collisions(config: dict) -> list[str]:
 
 # The report's image grid of one (backbone, reward) pair, under results/report/grids/ (workflow/rules/report.smk).
 GRID_NAME = "{backbone}_{reward}.png"
+
+
+def _last_step_errors(config: dict, train: dict, where: str) -> list[str]:
+    """A CPS step into sigma' = 0 draws no noise: its log-prob rests on the 1e-6 std floor, and training it
+    swamps the clipped gradient: the toy's Flow-GRPO trained on all 6 steps stayed at the base model's reward."""
+    errors = []
+    for b in config["runs"]["backbones"]:
+        spec = config["backbones"].get(b)
+        if not spec or rollout_settings(spec)["sde_type"] != "cps":
+            continue
+        steps = spec["train_steps"]
+        if _trained_steps(spec, train) == steps:
+            errors.append(f"{where}.timestep_fraction: {train['timestep_fraction']} trains all {steps} steps of "
+                          f"backbone {b!r}, whose last CPS step is deterministic (std 0: no log-prob to train); "
+                          f"allowed: below 1, e.g. 0.99 (Flow-GRPO's: all but the last step)")
+    return errors
 
 
 def _process_errors(train: dict, where: str) -> list[str]:
