@@ -16,9 +16,10 @@ METHODS = {
     "sa_reg": MethodSettings(regularizer="sa_reg", reg_weight=10.0, sa_steps=1),
     "diverse_grpo": MethodSettings(regularizer="sa_reg", reg_weight=10.0, sa_steps=1, creative=CreativeSettings(k=2)),
 }
-# the rest as config/config.yaml sets it (the toy backbone's CPS rollouts); every step trained
+# the rest as config/config.yaml sets it (the toy backbone's CPS rollouts); every step trained but the last,
+# which CPS draws without noise (config refuses training it)
 SETTINGS = TrainSettings(
-    prompts_per_iteration=2, group_size=4, lr=1e-2, train_steps=3, timestep_fraction=1.0, guidance_scale=1.5,
+    prompts_per_iteration=2, group_size=4, lr=1e-2, train_steps=3, timestep_fraction=0.99, guidance_scale=1.5,
     minibatches=2,
 )
 

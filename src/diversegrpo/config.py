@@ -325,8 +325,8 @@ GRID_NAME = "{backbone}_{reward}.png"
 
 
 def _last_step_errors(config: dict, train: dict, where: str) -> list[str]:
-    """A CPS step into sigma' = 0 draws no noise: its log-prob rests on the 1e-6 std floor, and training it
-    swamps the clipped gradient: the toy's Flow-GRPO trained on all 6 steps stayed at the base model's reward."""
+    """A CPS step into sigma' = 0 draws no noise, so its log-prob rests on the 1e-6 std floor and training it
+    swamps the clipped gradient (the toy's Flow-GRPO trained on all 6 steps stayed at the base model's reward)."""
     errors = []
     for b in config["runs"]["backbones"]:
         spec = config["backbones"].get(b)
