@@ -39,11 +39,26 @@ def test_standard_errors_cover_the_toy_ground_truth_and_repeat_exactly():
     labels = world.label(images, prompts)
     embeddings = torch.randn(len(prompts), 8, generator=torch.Generator().manual_seed(1))
     first = bootstrap_standard_errors(prompts, embeddings, {}, labels, resamples=50, seed=3)
-    assert set(first) == {"diversity", "valid_share", "mode_coverage", "mode_entropy"}
+    assert set(first) == {"diversity", "valid_share", "off_mode_share", "mode_coverage", "mode_entropy"}
     assert first == bootstrap_standard_errors(prompts, embeddings, {}, labels, resamples=50, seed=3)
     assert first["mode_entropy"] > 0  # 8 world samples over 4 equally likely modes: resamples differ
     table = per_prompt(images, prompts, embeddings, {}, labels, with_ssim=False)
     assert table.valid_share.tolist() == [1.0, 1.0]  # the world's own samples are all valid
+    assert table.off_mode_share.tolist() == [0.0, 0.0] and first["off_mode_share"] == 0.0  # each on a clean tint
+
+
+def test_off_mode_share_counts_the_images_in_no_mode():
+    """Hazy world images have no clean tint (mode -1): a prompt with 3 of its 8 images hazy is 3/8 off-mode,
+    whatever their validity otherwise."""
+    prompts = [c["prompt"] for c in world.captions()[:2] for _ in range(8)]
+    clean, _ = world.sample_images(prompts, np.random.default_rng(0))
+    hazy, _ = world.sample_images(prompts, np.random.default_rng(0), hazy_share=1.0)
+    first_three = torch.tensor([i % 8 < 3 for i in range(len(prompts))])
+    images = torch.where(first_three[:, None, None, None], hazy, clean)
+    labels = world.label(images, prompts)
+    table = per_prompt(images, prompts, torch.randn(len(prompts), 4), {}, labels, with_ssim=False)
+    assert table.off_mode_share.tolist() == [3 / 8, 3 / 8]
+    assert table.valid_share.tolist() == [5 / 8, 5 / 8]
 
 
 def _table(values: dict[str, list[float]]) -> pd.DataFrame:
