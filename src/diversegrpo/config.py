@@ -332,8 +332,8 @@ def _last_step_errors(config: dict, train: dict, where: str) -> list[str]:
         spec = config["backbones"].get(b)
         if not spec or rollout_settings(spec)["sde_type"] != "cps":
             continue
-        steps = spec["train_steps"]
-        if _trained_steps(spec, train) == steps:
+        steps = spec.get("train_steps")  # None: missing, said by the schema
+        if steps is not None and _trained_steps(spec, train) == steps:
             errors.append(f"{where}.timestep_fraction: {train['timestep_fraction']} trains all {steps} steps of "
                           f"backbone {b!r}, whose last CPS step is deterministic (std 0: no log-prob to train); "
                           f"allowed: below 1, e.g. 0.99 (Flow-GRPO's: all but the last step)")
