@@ -48,7 +48,7 @@ def test_standard_errors_cover_the_toy_ground_truth_and_repeat_exactly():
 
 
 def test_off_mode_share_counts_the_images_in_no_mode():
-    """Hazy world images have no clean tint (mode -1): a prompt with 3 of its 8 images hazy is 3/8 off-mode,
+    """Hazy world images are in no mode (mode -1): a prompt with 3 of its 8 images hazy is 3/8 off-mode,
     whatever their validity otherwise."""
     prompts = [c["prompt"] for c in world.captions()[:2] for _ in range(8)]
     clean, _ = world.sample_images(prompts, np.random.default_rng(0))

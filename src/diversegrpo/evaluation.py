@@ -60,7 +60,7 @@ def _image_means(
 
 def _ground_truth(labels: Labels, members: np.ndarray) -> dict[str, float]:
     """One prompt's images: valid share, off-mode share (in none of the world's modes: the toy's images
-    without a clean tint), mode coverage and mode entropy."""
+    with no object found or no clean tint), mode coverage and mode entropy."""
     return {"valid_share": float(labels.valid[members].mean()),
             "off_mode_share": float((labels.mode[members] < 0).mean()),
             **metrics.mode_statistics(labels.mode[members], labels.valid[members], labels.num_modes)}

@@ -15,7 +15,7 @@ COLUMNS = [
     ("mode_entropy", "Mode H↑", True),
     ("mode_coverage", "Coverage↑", True),
     ("valid_share", "Valid↑", True),
-    ("off_mode_share", "Off-mode↓", False),  # in none of the world's modes (toy: no clean tint)
+    ("off_mode_share", "Off-mode↓", False),  # in none of the world's modes (toy: no object or tint)
 ]
 SPLITS = {"eval": "held-out captions", "train": "training captions"}  # the sample stage's splits, in table order
 KEYS = ["split", "backbone", "reward", "method"]  # a row of Table 1 (one per split); per seed, plus "seed"
