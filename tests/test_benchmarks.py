@@ -4,6 +4,7 @@ config/paper.yaml's settings, and report every number they promise."""
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -79,8 +80,14 @@ def test_bonus_validity_counts_pairs_and_centres_the_bonus_per_group():
                    "valid_images": 3, "invalid_images": 2}
 
 
-def test_sampler_transfer_summarises_reward_error_and_validity():
+def test_sampler_transfer_summarises_reward_error_validity_and_off_mode():
+    from diversegrpo.worlds.toy import Labels
+
     bench = load("sampler_transfer")
-    rewards = torch.tensor([0.2, 0.4, 0.6, 0.8])  # sample std sqrt(0.2 / 3)
-    out = bench.summarise(rewards, torch.tensor([True, False, True, True]).numpy())
-    assert out == {"reward": pytest.approx(0.5), "se": pytest.approx((0.2 / 3) ** 0.5 / 2), "valid": 0.75}
+    rewards = torch.tensor([0.2, 0.4, 0.95, 0.8])  # sample std 0.3162
+    labels = Labels(mode=np.array([-1, 0, -1, 1]), colour_ok=np.ones(4, bool),
+                    shape_ok=np.array([True, False, True, True]))
+    out = bench.summarise(rewards, labels)
+    # off-mode: images 0 (scored 0.2: poor) and 2 (scored 0.95: good); valid: image 3 only
+    assert out == {"reward": pytest.approx(0.5875), "se": pytest.approx(float(rewards.std()) / 2), "valid": 0.25,
+                   "off_mode": 0.5, "off_scored_good": 0.25, "off_scored_poor": 0.25}
