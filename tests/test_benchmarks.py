@@ -84,10 +84,10 @@ def test_sampler_transfer_summarises_reward_error_validity_and_off_mode():
     from diversegrpo.worlds.toy import Labels
 
     bench = load("sampler_transfer")
-    rewards = torch.tensor([0.2, 0.4, 0.95, 0.8])  # sample std 0.3162
+    rewards = torch.tensor([0.2, 0.4, 0.95, 0.8])  # mean 0.5875; squared deviations sum to 0.361875
     labels = Labels(mode=np.array([-1, 0, -1, 1]), colour_ok=np.ones(4, bool),
                     shape_ok=np.array([True, False, True, True]))
     out = bench.summarise(rewards, labels)
     # off-mode: images 0 (scored 0.2: poor) and 2 (scored 0.95: good); valid: image 3 only
-    assert out == {"reward": pytest.approx(0.5875), "se": pytest.approx(float(rewards.std()) / 2), "valid": 0.25,
+    assert out == {"reward": pytest.approx(0.5875), "se": pytest.approx((0.361875 / 3) ** 0.5 / 2), "valid": 0.25,
                    "off_mode": 0.5, "off_scored_good": 0.25, "off_scored_poor": 0.25}
