@@ -3,8 +3,8 @@
 GRPO trains on SDE rollouts (the backbone's train_steps, noise_level and sde_type); the sample stage draws the
 evaluation images with the deterministic ODE (eval_steps). This draws both from the base model and from one
 trained run or several, on the training captions with the same seeds, and prints, for each sampler, the reward
-(mean and its standard error), the valid share, the run's gain over the base model in standard errors, and the
-off-mode share (images the labeller puts in no mode) split by what the reward makes of them: `off_scored_good`
+(mean and its standard error), the valid share and the mean reward of the valid images (`reward_valid`), the
+run's gain over the base model in standard errors, and the off-mode share (images the labeller puts in no mode) split by what the reward makes of them: `off_scored_good`
 (reward >= 0.9: a defect the reward does not see, such as a background between two tints) and `off_scored_poor`
 (reward < 0.5, such as a veiled image). A gain under the rollout SDE that the ODE does not show is learnt for
 the sampler it was trained on.
@@ -30,11 +30,12 @@ GOOD, POOR = 0.9, 0.5  # reward thresholds of the off-mode split
 
 
 def summarise(rewards: torch.Tensor, labels) -> dict:
-    """Mean reward, its standard error, the valid share and the off-mode shares of (B,) rewards and their
-    labels (the world's `Labels`: `valid` and `mode`, -1 for no mode)."""
-    off = torch.from_numpy(labels.mode < 0)  # (B,)
+    """Mean reward, its standard error, the valid share, the valid images' mean reward (nan without any) and the
+    off-mode shares of (B,) rewards and their labels (the world's `Labels`: `valid` and `mode`, -1 for no mode)."""
+    off, valid = torch.from_numpy(labels.mode < 0), torch.from_numpy(labels.valid)  # (B,), (B,)
     return {"reward": float(rewards.mean()), "se": float(rewards.std() / math.sqrt(len(rewards))),
-            "valid": float(labels.valid.mean()), "off_mode": float(off.float().mean()),
+            "valid": float(valid.float().mean()), "reward_valid": float(rewards[valid].mean()),
+            "off_mode": float(off.float().mean()),
             "off_scored_good": float((off & (rewards >= GOOD)).float().mean()),
             "off_scored_poor": float((off & (rewards < POOR)).float().mean())}
 

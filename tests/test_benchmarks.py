@@ -88,6 +88,7 @@ def test_sampler_transfer_summarises_reward_error_validity_and_off_mode():
     labels = Labels(mode=np.array([-1, 0, -1, 1]), colour_ok=np.ones(4, bool),
                     shape_ok=np.array([True, False, True, True]))
     out = bench.summarise(rewards, labels)
-    # off-mode: images 0 (scored 0.2: poor) and 2 (scored 0.95: good); valid: image 3 only
+    # off-mode: images 0 (scored 0.2: poor) and 2 (scored 0.95: good); valid: image 3 only (scored 0.8)
     assert out == {"reward": pytest.approx(0.5875), "se": pytest.approx((0.361875 / 3) ** 0.5 / 2), "valid": 0.25,
-                   "off_mode": 0.5, "off_scored_good": 0.25, "off_scored_poor": 0.25}
+                   "reward_valid": pytest.approx(0.8), "off_mode": 0.5, "off_scored_good": 0.25,
+                   "off_scored_poor": 0.25}
