@@ -92,3 +92,30 @@ def test_sampler_transfer_summarises_reward_error_validity_and_off_mode():
     assert out == {"reward": pytest.approx(0.5875), "se": pytest.approx((0.361875 / 3) ** 0.5 / 2), "valid": 0.25,
                    "reward_valid": pytest.approx(0.8), "off_mode": 0.5, "off_scored_good": 0.25,
                    "off_scored_poor": 0.25}
+
+
+def test_decision_steps_decided_share_is_one_minus_the_impurity_ratio():
+    bench = load("decision_steps")
+    # one trajectory, 3 levels of 4 branches: impurity 0.5 (2 / 2), 0.375 (3 / 1), 0 (all alike)
+    levels = np.array([[[0, 1, 0, 1], [0, 0, 0, 1], [1, 1, 1, 1]]])
+    assert bench.gini(levels[0]).tolist() == [0.5, 0.375, 0.0]
+    assert bench.decided_share(levels).tolist() == [0.0, 0.25, 1.0]
+    # modes with no mode (-1) among them: trajectory 0 has impurity 1 - 3 (1/3)^2 = 2/3 at j = 0 (-1, 0, 2) and
+    # 1 - (2/3)^2 - (1/3)^2 = 4/9 at j = 1 (0, 0, 2); trajectory 1 is decided from the start (impurity 0)
+    modes = np.array([[[-1, 0, 2], [0, 0, 2]], [[1, 1, 1], [1, 1, 1]]])  # (2 trajectories, 2 levels, 3 branches)
+    impurity_0, impurity_1 = (2 / 3 + 0) / 2, (4 / 9 + 0) / 2
+    assert bench.decided_share(modes) == pytest.approx([0.0, 1 - impurity_1 / impurity_0])
+
+
+def test_decision_steps_labels_a_veiled_image_veiled_and_off_mode():
+    from diversegrpo.worlds import toy
+
+    bench = load("decision_steps")
+    clean = torch.from_numpy(toy.render("red", "disc", toy.MODES.index("black")))  # the darkest tint
+    faintest_veil = clean * (1 - toy.HAZE[0]) + 0.5 * toy.HAZE[0]  # 0.5: the veil's grey
+    purple = torch.from_numpy(toy.render("red", "disc", toy.MODES.index("purple")))  # the brightest tint
+    images = torch.stack([clean, faintest_veil, purple]).view(1, 3, *clean.shape)  # (1 level, 3 branches, 3, H, W)
+    out = bench.choices(images, "a red disc", toy.ToyWorld())
+    assert out["veiled"].tolist() == [[False, True, False]]
+    assert out["off_mode"].tolist() == [[False, True, False]]
+    assert out["mode"].tolist() == [[toy.MODES.index("black"), -1, toy.MODES.index("purple")]]
