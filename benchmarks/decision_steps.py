@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--run", default=None, help="reward/method/seedN of a trained run (default: the base model)")
     ap.add_argument("--trajectories", type=int, default=8, help="shared trajectories per training caption")
     ap.add_argument("--branches", type=int, default=8, help="branches per trajectory and shared prefix")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the noise draws")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     config = cfg.defaults()
