@@ -81,8 +81,9 @@ def main(argv: list[str] | None = None) -> dict:
                 labels[name].append(value)
     result = {"model": args.run or "base"}
     for name, value in labels.items():
-        result[name] = np.round(decided_share(np.stack(value)), 3).tolist()
-        result[f"{name}_impurity_at_0"] = round(float(gini(np.stack(value))[:, 0].mean()), 4)
+        stacked = np.stack(value)  # (trajectories, levels, branches)
+        result[name] = np.round(decided_share(stacked), 3).tolist()
+        result[f"{name}_impurity_at_0"] = round(float(gini(stacked[:, 0]).mean()), 4)
     print(json.dumps(result))
     return result
 
