@@ -84,7 +84,7 @@ BAD_CONFIGS = [
     ("more minibatches than a process's samples", {"train": {"group_size": 8, "prompts_per_iteration": 4, "processes": 4, "minibatches": 9}}, "train.minibatches: 9 exceeds the 8 samples each of the 4 processes trains on"),
     ("eval fraction 1", {"captions": {"eval_fraction": 1}}, "captions.eval_fraction: 1 is greater than or equal to the maximum of 1"),
     ("missing caption file", {"captions": {"source": "prompts/missing.txt"}}, "missing.txt' does not exist"),
-    ("caption file of unknown type", {"captions": {"source": "prompts.json"}}, "captions.source: 'prompts.json' must be a world ('toy') or a file ending in ['.txt', '.csv', '.parquet']"),
+    ("caption file of unknown type", {"captions": {"source": "prompts.json"}}, "captions.source: 'prompts.json' must be a world ('toy', 'toy_dim') or a file ending in ['.txt', '.csv', '.parquet']"),
     ("eval source and eval fraction both set", {"captions": {"source": "data/pickscore/train.txt", "eval_source": "data/pickscore/test.txt"}}, "captions.eval_fraction: 0.25 is not used when captions.eval_source is set"),
     ("neither eval source nor eval fraction", {"captions": {"eval_fraction": None}}, "captions.eval_fraction: a number in (0, 1) is required unless captions.eval_source is set"),
     ("eval source beside the toy world", {"captions": {"eval_source": "data/pickscore/test.txt", "eval_fraction": None}}, "captions.eval_source: needs captions.source to be a prompt file"),
@@ -353,7 +353,7 @@ def test_bad_caption_file_fails_config_validation(tmp_path):
         C.validate(config, root=tmp_path)
     (tmp_path / "prompts.txt").write_text("\n".join(f"prompt {i}" for i in range(40)))
     C.validate(config, root=tmp_path)
-    with pytest.raises(C.ConfigError, match="rewards \\['colour'\\] score the captions of world 'toy' only"):
+    with pytest.raises(C.ConfigError, match="rewards \\['colour'\\] score the captions of worlds \\['toy', 'toy_dim'\\] only"):
         C.validate(C.deep_merge(config, {"runs": {"rewards": ["colour"]}}), root=tmp_path)
 
 

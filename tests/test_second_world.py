@@ -56,7 +56,7 @@ def test_the_config_check_knows_the_world(dots):
     with pytest.raises(C.ConfigError) as error:
         C.validate(C.deep_merge(config, {"runs": {"rewards": ["light", "colour"]}, "train": {"eval_prompts": 2}}))
     message = str(error.value)
-    assert "rewards ['colour'] score the captions of world 'toy' only; use source: toy" in message
+    assert "rewards ['colour'] score the captions of worlds ['toy', 'toy_dim'] only; use source: one of" in message
     assert "eval_prompts: 2 exceeds the 1 held-out prompts" in message  # 4 captions, a quarter held out
     with pytest.raises(C.ConfigError, match="rewards \\['light'\\] score the captions of world 'dots' only"):
         C.validate(C.deep_merge(config, {"captions": {"source": "toy"}}))

@@ -47,6 +47,26 @@ def test_hazy_pre_training_images_are_invalid_score_lower_and_come_in_their_shar
     assert torch.equal(world.ToyWorld().sample_images(prompts, np.random.default_rng(1)), mixed)
 
 
+def test_dim_world_darkens_shapes_only_and_its_labeller_rejects_them():
+    prompts = [c["prompt"] for c in world.captions()] * 128
+    clean, modes = world.sample_images(prompts, np.random.default_rng(0))
+    dim, dim_modes = world.sample_images(prompts, np.random.default_rng(0), dim_share=1.0)
+    np.testing.assert_array_equal(modes, dim_modes)  # the dimming is drawn after the modes and offsets
+    shape = world.foreground(clean)  # (B, H, W): the clean shapes' pixels
+    assert torch.equal(dim.permute(0, 2, 3, 1)[~shape], clean.permute(0, 2, 3, 1)[~shape])  # backgrounds untouched
+    ratio = (dim * shape[:, None]).sum(dim=(1, 2, 3)) / (clean * shape[:, None]).sum(dim=(1, 2, 3))  # (B,) brightness
+    assert ratio.min() >= 1 - world.DIM[1] - 1e-6 and ratio.max() <= 1 - world.DIM[0] + 1e-6
+    dim_world = world.ToyDimWorld()
+    assert dim_world.label(clean, prompts).valid.all()  # a clean shape keeps its full colour
+    assert not dim_world.label(dim, prompts).valid.any()
+    assert world.label(dim, prompts).valid.mean() > 0.3  # the toy world's labeller alone passes many of them
+    for reward in (ColourReward(), ContrastReward()):
+        scores, clean_scores = reward(dim, prompts), reward(clean, prompts)
+        assert (scores < clean_scores + 0.01).all() and scores.mean() < clean_scores.mean() - 0.6
+    mixed = dim_world.sample_images(prompts, np.random.default_rng(1))
+    assert 1 - dim_world.label(mixed, prompts).valid.mean() == pytest.approx(world.DIM_SHARE, abs=0.03)
+
+
 def test_parse_rejects_prompts_outside_the_world():
     with pytest.raises(ValueError, match="exactly one colour"):
         world.parse("a purple disc")

@@ -507,11 +507,17 @@ def _world_errors(config: dict) -> list[str]:
     """Rewards that understand one world's captions only (World.rewards) on other captions, and backbones the
     pipeline pre-trains (the toy) without a synthetic world's true images to learn."""
     runs, name, errors = config["runs"], world_name(config), []
-    for world in WORLDS:
-        used = [r for r in runs["rewards"] if config["rewards"].get(r, {}).get("kind") in world_class(world).rewards]
-        if used and name != world:
-            errors.append(f"captions.source: rewards {used} score the captions of world {world!r} only; use "
-                          f"source: {world}")
+    own = world_class(name).rewards if name else ()
+    foreign: dict[tuple[str, ...], list[str]] = {}  # the worlds whose captions a reward scores -> those rewards
+    for reward in runs["rewards"]:
+        kind = config["rewards"].get(reward, {}).get("kind")
+        worlds = tuple(w for w in WORLDS if kind in world_class(w).rewards)
+        if worlds and kind not in own:
+            foreign.setdefault(worlds, []).append(reward)
+    for worlds, used in foreign.items():
+        which = f"world {worlds[0]!r}" if len(worlds) == 1 else f"worlds {list(worlds)}"
+        use = worlds[0] if len(worlds) == 1 else f"one of {list(worlds)}"
+        errors.append(f"captions.source: rewards {used} score the captions of {which} only; use source: {use}")
     pretrained = [b for b in runs["backbones"] if config["backbones"].get(b, {}).get("kind") in PRETRAINED_BACKBONES]
     if pretrained and not (name and world_class(name).synthetic):
         synthetic = [w for w in WORLDS if world_class(w).synthetic]

@@ -34,6 +34,7 @@ REWARDS = {
 # Caption sets with ground truth (diversegrpo.worlds), named by captions.source; imported without torch.
 WORLDS = {
     "toy": "diversegrpo.worlds.toy:ToyWorld",
+    "toy_dim": "diversegrpo.worlds.toy:ToyDimWorld",
 }
 FEATURES = {
     "toy": "diversegrpo.features.toy:PooledPixels",

@@ -24,6 +24,11 @@ labeller finds no clean tint behind the veil, so a hazy image is never valid, an
 it low (little contrast, a washed-out colour). A lighter veil (0.6-0.75) left near half of the hazy
 images scoring above 0.7: a defect the rewards cannot see is no headroom for GRPO, and there
 DiverseGRPO kept 14 % hazy images where Flow-GRPO, whose preferred tint is no hazy background, kept 1 %.
+
+Why a second, dim world (`toy_dim`): the veil is decided by the same first rollout steps as the mode, the steps
+that DiverseGRPO's SA-Reg holds to the base model, so keeping the modes keeps some of the veil. In the dim world
+DIM_SHARE of the images show their shape dim instead; the shape's brightness is decided by later steps than the
+mode, as a real model's details are decided after its composition (docs/toy_world.md).
 """
 
 from __future__ import annotations
@@ -64,6 +69,10 @@ _MIN_AREA = 8  # pixels; less is "no object"
 HAZY_SHARE = 0.3  # of the pre-training images
 HAZE = (0.7, 0.8)  # weight of a hazy image's grey veil, drawn uniformly: both rewards average 0.38 at 0.7, 0 at 0.8
 _VEIL = 0.5  # the veil's grey
+DIM_SHARE = 0.3  # of the pre-training images of the dim world (ToyDimWorld)
+DIM = (0.6, 0.8)  # share of a dim shape's colour taken away, drawn uniformly
+_FULL_COLOUR = 0.3  # the dim world's labeller: some object pixel this close to the caption's colour (clean renders
+# of the base model: 0.19 at their 99th percentile; a dim shape's nearest pixel is >= 0.55 away)
 
 
 def _template(shape: str) -> np.ndarray:
@@ -105,29 +114,36 @@ def parse(prompt: str) -> tuple[str, str]:
     return colour[0], shape[0]
 
 
-def render(colour: str, shape: str, mode: int, offset: tuple[int, int] = (0, 0)) -> np.ndarray:
-    """(3, 16, 16) float32 image in [0, 1]."""
+def render(colour: str, shape: str, mode: int, offset: tuple[int, int] = (0, 0), brightness: float = 1.0) -> np.ndarray:
+    """(3, 16, 16) float32 image in [0, 1]; the shape's colour times `brightness`."""
     tint = np.array(TINTS[MODES[mode]], dtype=np.float32)
     image = np.repeat(np.repeat(tint[:, None, None], IMAGE_SIZE, axis=1), IMAGE_SIZE, axis=2)
     cy, cx = CENTRE + offset[0], CENTRE + offset[1]
     box = (slice(cy - RADIUS, cy + RADIUS + 1), slice(cx - RADIUS, cx + RADIUS + 1))
     mask = TEMPLATES[shape]
     for c, value in enumerate(COLOURS[colour]):
-        image[c][box][mask] = value
+        image[c][box][mask] = value * brightness
     return image
 
 
 def sample_images(
-    prompts: list[str], rng: np.random.Generator, hazy_share: float = 0.0
+    prompts: list[str], rng: np.random.Generator, hazy_share: float = 0.0, dim_share: float = 0.0
 ) -> tuple[torch.Tensor, np.ndarray]:
     """(B, 3, 16, 16) true world images for `prompts` with uniformly drawn modes, and the (B,) modes;
-    each hazy with probability `hazy_share`, as in the pre-training data."""
+    each hazy with probability `hazy_share`, and each shape dim with probability `dim_share`, as in the
+    pre-training data of the world and of the dim world."""
     import torch
 
     n = len(prompts)
     modes = rng.integers(0, len(MODES), size=n)
     offsets = rng.choice(JITTER, size=(n, 2))
-    images = np.stack([render(*parse(p), int(m), tuple(o)) for p, m, o in zip(prompts, modes, offsets)])
+    brightness = np.ones(n)
+    if dim_share > 0:  # no draw otherwise, as for the haze
+        dim = rng.random(n) < dim_share
+        brightness = np.where(dim, 1 - rng.uniform(*DIM, size=n), 1.0)
+    images = np.stack(
+        [render(*parse(p), int(m), tuple(o), b) for p, m, o, b in zip(prompts, modes, offsets, brightness)]
+    )
     if hazy_share > 0:  # no draw otherwise: the clean images stay those of a world without haze
         hazy = rng.random(n) < hazy_share
         veil = np.where(hazy, rng.uniform(*HAZE, size=n), 0.0)[:, None, None, None]  # (B, 1, 1, 1)
@@ -245,3 +261,34 @@ class ToyWorld(World):
 
     def words(self, prompt: str) -> list[str]:
         return list(parse(prompt))
+
+
+def full_colour(images: torch.Tensor, prompts: list[str]) -> np.ndarray:
+    """(B,) bool: some pixel of the object lies within _FULL_COLOUR of its caption's colour (a dim shape has none)."""
+    import torch
+
+    images = images.detach().float().cpu().clamp(0, 1)
+    masks = foreground(images)  # (B, H, W)
+    out = np.zeros(len(prompts), dtype=bool)
+    for i, (prompt, mask) in enumerate(zip(prompts, masks)):
+        if mask.any():
+            target = torch.tensor(COLOURS[parse(prompt)[0]])
+            out[i] = bool((images[i][:, mask].T - target).norm(dim=1).min() < _FULL_COLOUR)
+    return out
+
+
+class ToyDimWorld(ToyWorld):
+    """The toy world with a defect decided after the mode (`captions.source: toy_dim`, config/dim.yaml): DIM_SHARE of
+    the pre-training images show their shape dim (DIM of its colour taken away) instead of hazy. The mode, a tint
+    of the whole background, is mostly chosen by the first rollout steps; the shape's brightness, 13-49 pixels, by
+    later ones (docs/toy_world.md). A dim shape is not the caption's colour: its label is not colour_ok."""
+
+    name = "toy_dim"
+
+    def label(self, images: torch.Tensor, prompts: list[str]) -> Labels:
+        labels = label(images, prompts)
+        labels.colour_ok &= full_colour(images, prompts)
+        return labels
+
+    def sample_images(self, prompts: list[str], rng: np.random.Generator) -> torch.Tensor:
+        return sample_images(prompts, rng, dim_share=DIM_SHARE)[0]
