@@ -1,13 +1,14 @@
-"""Which rollout steps decide whether an image is veiled, and which its mode? Measured on a finished toy run.
+"""Which rollout steps decide whether an image is veiled or invalid, and which its mode? On a finished toy run.
 
 SA-Reg pins the first K steps' transition means to the base model's, to keep the modes those steps choose. This
 draws, for every training caption, trajectories of the rollout SDE whose branches share the first j of the T + 1
 noise draws (draw 0 the initial noise, draw i step i's; `sampling.branched_samples`) and prints, for each j, the
 share of each choice that the shared draws decide: 1 - (mean impurity across branches at j) / (the same at j = 0),
 the impurity being Gini's (printed at j = 0 too: where it is near 0, the model has all but made the choice for every
-draw, and the shares are noise). Three choices: veiled (the background brighter than every tint), off-mode (the
-labeller finds no mode) and the mode itself (no mode counting as one). With K = 2, the constrained steps' noise is
-draws 1 and 2, so j = 3 is what the initial noise and those two steps decide.
+draw, and the shares are noise). Four choices: veiled (the background brighter than every tint), invalid (by the
+labeller of the world the backbone learnt: a hazy image, or in the dim world a dim shape), off-mode (the labeller
+finds no mode) and the mode itself (no mode counting as one). With K = 2, the constrained steps' noise is draws 1
+and 2, so j = 3 is what the initial noise and those two steps decide.
 
     python benchmarks/decision_steps.py [--results results] [--run colour/diverse_grpo/seed0]
                                         [--trajectories 8] [--branches 8]
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -49,9 +51,10 @@ def choices(images: torch.Tensor, prompt: str, world) -> dict[str, np.ndarray]:
     """{choice: (levels, branches) labels} of (levels, branches, 3, H, W) branched images of one prompt."""
     levels, branches = images.shape[:2]
     flat = images.flatten(0, 1)
-    mode = world.label(flat, [prompt] * len(flat)).mode.reshape(levels, branches)
+    labels = world.label(flat, [prompt] * len(flat))
+    mode = labels.mode.reshape(levels, branches)
     veiled = (toy.background(flat).mean(dim=1) > VEILED_BRIGHTNESS).numpy().reshape(levels, branches)
-    return {"veiled": veiled, "off_mode": mode < 0, "mode": mode}
+    return {"veiled": veiled, "invalid": ~labels.valid.reshape(levels, branches), "off_mode": mode < 0, "mode": mode}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -65,13 +68,14 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(2)
     config = cfg.defaults()
     spec = {**config["backbones"]["toy"], "path": f"{args.results}/backbones/toy"}
-    rollout, world = cfg.rollout_settings(spec), build_world(cfg.world_name(config))
+    world = build_world(json.loads(Path(spec["path"], "config.json").read_text())["world"])  # the one it learnt
+    rollout = cfg.rollout_settings(spec)
     backbone = build_backbone(spec)
     if args.run:
         backbone.load_trained_lora(spec["lora"], f"{args.results}/runs/toy/{args.run}/lora")
     prompts = pd.read_parquet(f"{args.results}/captions/train.parquet").prompt.tolist()
     generator = torch.Generator().manual_seed(args.seed)
-    labels: dict[str, list[np.ndarray]] = {"veiled": [], "off_mode": [], "mode": []}
+    labels: dict[str, list[np.ndarray]] = {"veiled": [], "invalid": [], "off_mode": [], "mode": []}
     for prompt in prompts:
         for _ in range(args.trajectories):
             images = branched_samples(backbone, prompt, args.branches, rollout["train_steps"],
@@ -79,11 +83,13 @@ def main(argv: list[str] | None = None) -> dict:
                                       rollout["sde_type"])
             for name, value in choices(images, prompt, world).items():
                 labels[name].append(value)
-    result = {"model": args.run or "base"}
+    result = {"model": args.run or "base", "world": world.name}
     for name, value in labels.items():
         stacked = np.stack(value)  # (trajectories, levels, branches)
-        result[name] = np.round(decided_share(stacked), 3).tolist()
-        result[f"{name}_impurity_at_0"] = round(float(gini(stacked[:, 0]).mean()), 4)
+        impurity = float(gini(stacked[:, 0]).mean())
+        # A choice no draw varies (no veil in the dim world) has no share to decide: null.
+        result[name] = np.round(decided_share(stacked), 3).tolist() if impurity > 0 else None
+        result[f"{name}_impurity_at_0"] = round(impurity, 4)
     print(json.dumps(result))
     return result
 

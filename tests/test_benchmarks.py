@@ -117,5 +117,19 @@ def test_decision_steps_labels_a_veiled_image_veiled_and_off_mode():
     images = torch.stack([clean, faintest_veil, purple]).view(1, 3, *clean.shape)  # (1 level, 3 branches, 3, H, W)
     out = bench.choices(images, "a red disc", toy.ToyWorld())
     assert out["veiled"].tolist() == [[False, True, False]]
+    assert out["invalid"].tolist() == [[False, True, False]]
     assert out["off_mode"].tolist() == [[False, True, False]]
     assert out["mode"].tolist() == [[toy.MODES.index("black"), -1, toy.MODES.index("purple")]]
+
+
+def test_decision_steps_labels_a_dim_shape_invalid_in_the_dim_world_only():
+    from diversegrpo.worlds import toy
+
+    bench = load("decision_steps")
+    black = toy.MODES.index("black")
+    clean = torch.from_numpy(toy.render("red", "square", black))
+    dim = torch.from_numpy(toy.render("red", "square", black, brightness=1 - toy.DIM[0]))  # the faintest dimming
+    images = torch.stack([clean, dim]).view(1, 2, *clean.shape)  # (1 level, 2 branches, 3, H, W)
+    out = bench.choices(images, "a red square", toy.ToyDimWorld())
+    assert out["invalid"].tolist() == [[False, True]] and out["veiled"].tolist() == [[False, False]]
+    assert bench.choices(images, "a red square", toy.ToyWorld())["invalid"].tolist() == [[False, False]]
