@@ -71,8 +71,8 @@ HAZE = (0.7, 0.8)  # weight of a hazy image's grey veil, drawn uniformly: both r
 _VEIL = 0.5  # the veil's grey
 DIM_SHARE = 0.3  # of the pre-training images of the dim world (ToyDimWorld)
 DIM = (0.6, 0.8)  # share of a dim shape's colour taken away, drawn uniformly
-_FULL_COLOUR = 0.3  # the dim world's labeller: some object pixel this close to the caption's colour (clean renders
-# of the base model: 0.19 at their 99th percentile; a dim shape's nearest pixel is >= 0.55 away)
+_FULL_COLOUR = 0.3  # the dim world's labeller: some object pixel this close to the caption's colour (the veil
+# world's base model, its valid renders: 0.19 at the 99th percentile; every pixel of a dim shape is >= 0.5 away)
 
 
 def _template(shape: str) -> np.ndarray:
