@@ -190,8 +190,10 @@ def tint_distances(colours: torch.Tensor) -> torch.Tensor:
     return torch.cdist(colours.float(), torch.tensor(list(TINTS.values())))
 
 
-def label(images: torch.Tensor, prompts: list[str]) -> Labels:
-    """Ground-truth labels of generated (B, 3, 16, 16) images in [0, 1] against their captions."""
+def label(images: torch.Tensor, prompts: list[str], full_colour: bool = False) -> Labels:
+    """Ground-truth labels of generated (B, 3, 16, 16) images in [0, 1] against their captions. With `full_colour`
+    (the dim world's labeller), an object's colour is ok only if some pixel of it lies within _FULL_COLOUR of the
+    caption's colour: a dim shape has none."""
     images = images.detach().float().cpu().clamp(0, 1)
     colours = background(images)  # (B, 3)
     masks = foreground(images, colours).numpy()  # (B, H, W)
@@ -207,8 +209,11 @@ def label(images: torch.Tensor, prompts: list[str]) -> Labels:
             continue
         colour, shape = parse(prompt)
         mode[i] = nearest[i] if clean[i] else -1
-        mean_colour = images[i].numpy()[:, mask].mean(axis=1)
-        colour_ok[i] = list(COLOURS)[int(np.argmin(((palette - mean_colour) ** 2).sum(1)))] == colour
+        pixels = images[i].numpy()[:, mask]  # (3, P)
+        colour_ok[i] = list(COLOURS)[int(np.argmin(((palette - pixels.mean(axis=1)) ** 2).sum(1)))] == colour
+        if full_colour:
+            target = np.array(COLOURS[colour], dtype=np.float32)
+            colour_ok[i] &= np.linalg.norm(pixels.T - target, axis=1).min() < _FULL_COLOUR
         shape_ok[i] = _best_shape(mask, centre) == shape
     return Labels(mode=mode, colour_ok=colour_ok, shape_ok=shape_ok)
 
@@ -263,20 +268,6 @@ class ToyWorld(World):
         return list(parse(prompt))
 
 
-def full_colour(images: torch.Tensor, prompts: list[str]) -> np.ndarray:
-    """(B,) bool: some pixel of the object lies within _FULL_COLOUR of its caption's colour (a dim shape has none)."""
-    import torch
-
-    images = images.detach().float().cpu().clamp(0, 1)
-    masks = foreground(images)  # (B, H, W)
-    out = np.zeros(len(prompts), dtype=bool)
-    for i, (prompt, mask) in enumerate(zip(prompts, masks)):
-        if mask.any():
-            target = torch.tensor(COLOURS[parse(prompt)[0]])
-            out[i] = bool((images[i][:, mask].T - target).norm(dim=1).min() < _FULL_COLOUR)
-    return out
-
-
 class ToyDimWorld(ToyWorld):
     """The toy world with a defect decided after the mode (`captions.source: toy_dim`, config/dim.yaml): DIM_SHARE of
     the pre-training images show their shape dim (DIM of its colour taken away) instead of hazy. The mode, a tint
@@ -286,9 +277,7 @@ class ToyDimWorld(ToyWorld):
     name = "toy_dim"
 
     def label(self, images: torch.Tensor, prompts: list[str]) -> Labels:
-        labels = label(images, prompts)
-        labels.colour_ok &= full_colour(images, prompts)
-        return labels
+        return label(images, prompts, full_colour=True)
 
     def sample_images(self, prompts: list[str], rng: np.random.Generator) -> torch.Tensor:
         return sample_images(prompts, rng, dim_share=DIM_SHARE)[0]
