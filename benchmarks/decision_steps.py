@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -68,9 +67,8 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(2)
     config = cfg.defaults()
     spec = {**config["backbones"]["toy"], "path": f"{args.results}/backbones/toy"}
-    world = build_world(json.loads(Path(spec["path"], "config.json").read_text())["world"])  # the one it learnt
-    rollout = cfg.rollout_settings(spec)
-    backbone = build_backbone(spec)
+    rollout, backbone = cfg.rollout_settings(spec), build_backbone(spec)
+    world = build_world(backbone.config.world)  # the one it learnt, not the default config's
     if args.run:
         backbone.load_trained_lora(spec["lora"], f"{args.results}/runs/toy/{args.run}/lora")
     prompts = pd.read_parquet(f"{args.results}/captions/train.parquet").prompt.tolist()

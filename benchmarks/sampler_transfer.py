@@ -61,12 +61,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     config = cfg.defaults()
     spec = {**config["backbones"]["toy"], "path": f"{args.results}/backbones/toy"}
     rollout, reward = cfg.rollout_settings(spec), build_reward(config["rewards"][args.reward])
-    world = build_world(cfg.world_name(config))
     prompts = pd.read_parquet(f"{args.results}/captions/train.parquet").prompt.tolist()
     expanded = [p for p in prompts for _ in range(args.images)]
     rows = []
     for model in ("base", *args.method):
         backbone = build_backbone(spec)
+        world = build_world(backbone.config.world)  # the one it learnt, not the default config's
         if model != "base":
             run = f"{args.results}/runs/toy/{args.reward}/{model}/seed{args.seed}"
             backbone.load_trained_lora(spec["lora"], f"{run}/lora")
