@@ -4,7 +4,8 @@ GRPO trains on SDE rollouts (the backbone's train_steps, noise_level and sde_typ
 evaluation images with the deterministic ODE (eval_steps). This draws both from the base model and from one
 trained run or several, on the training captions with the same seeds, and prints, for each sampler, the reward
 (mean and its standard error), the valid share and the mean reward of the valid images (`reward_valid`), the
-run's gain over the base model in standard errors, and the off-mode share (images the labeller puts in no mode)
+run's gain over the base model in standard errors, the mode entropy (as the evaluate stage: per caption, then the
+mean), and the off-mode share (images the labeller puts in no mode)
 split by what the reward makes of them: `off_scored_good` (reward >= 0.9: a defect the reward does not see, such
 as a background between two tints) and `off_scored_poor` (reward < 0.5, such as a veiled image). A gain under the
 rollout SDE that the ODE does not show is learnt for the sampler it was trained on.
@@ -19,23 +20,29 @@ import argparse
 import json
 import math
 
+import numpy as np
 import pandas as pd
 import torch
 
 from diversegrpo import config as cfg
+from diversegrpo.metrics import mode_statistics
 from diversegrpo.registry import build_backbone, build_reward, build_world
 from diversegrpo.sampling import sample_images, sample_rollout
 
 GOOD, POOR = 0.9, 0.5  # reward thresholds of the off-mode split
 
 
-def summarise(rewards: torch.Tensor, labels) -> dict:
-    """Mean reward, its standard error, the valid share, the valid images' mean reward (nan without any) and the
-    off-mode shares of (B,) rewards and their labels (the world's `Labels`: `valid` and `mode`, -1 for no mode)."""
+def summarise(rewards: torch.Tensor, labels, images: int) -> dict:
+    """Mean reward, its standard error, the valid share, the valid images' mean reward (nan without any), the mode
+    entropy and the off-mode shares of (B,) rewards and their labels (the world's `Labels`: `valid` and `mode`, -1
+    for no mode); the batch is caption-major, `images` per caption."""
     off, valid = torch.from_numpy(labels.mode < 0), torch.from_numpy(labels.valid)  # (B,), (B,)
+    captions = [slice(i, i + images) for i in range(0, len(rewards), images)]
+    entropy = np.mean([mode_statistics(labels.mode[c], labels.valid[c], labels.num_modes)["mode_entropy"]
+                       for c in captions])
     return {"reward": float(rewards.mean()), "se": float(rewards.std() / math.sqrt(len(rewards))),
             "valid": float(valid.float().mean()), "reward_valid": float(rewards[valid].mean()),
-            "off_mode": float(off.float().mean()),
+            "mode_entropy": float(entropy), "off_mode": float(off.float().mean()),
             "off_scored_good": float((off & (rewards >= GOOD)).float().mean()),
             "off_scored_poor": float((off & (rewards < POOR)).float().mean())}
 
@@ -72,7 +79,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             backbone.load_trained_lora(spec["lora"], f"{run}/lora")
         samples = draw(backbone, prompts, args.images, rollout, spec["eval_steps"], 1000 + args.seed)
         for sampler, images in samples.items():
-            stats = summarise(reward(images, expanded), world.label(images, expanded))
+            stats = summarise(reward(images, expanded), world.label(images, expanded), args.images)
             rows.append({"model": model, "sampler": sampler, **stats})
     for sampler in ("ode", "sde"):
         base, *runs = (r for r in rows if r["sampler"] == sampler)
