@@ -5,10 +5,10 @@ evaluation images with the deterministic ODE (eval_steps). This draws both from 
 trained run or several, on the training captions with the same seeds, and prints, for each sampler, the reward
 (mean and its standard error), the valid share and the mean reward of the valid images (`reward_valid`), the
 run's gain over the base model in standard errors, the mode entropy (as the evaluate stage: per caption, then the
-mean), and the off-mode share (images the labeller puts in no mode)
-split by what the reward makes of them: `off_scored_good` (reward >= 0.9: a defect the reward does not see, such
-as a background between two tints) and `off_scored_poor` (reward < 0.5, such as a veiled image). A gain under the
-rollout SDE that the ODE does not show is learnt for the sampler it was trained on.
+mean), and the off-mode share (images the labeller puts in no mode) split by what the reward makes of them:
+`off_scored_good` (reward >= 0.9: a defect the reward does not see, such as a background between two tints) and
+`off_scored_poor` (reward < 0.5, such as a veiled image). A gain or a collapse under the rollout SDE that the ODE
+does not show is learnt for the sampler it was trained on.
 
     python benchmarks/sampler_transfer.py [--results results] [--reward contrast]
                                           [--method flow_grpo [diverse_grpo ...]] [--seed 0] [--images 16]
