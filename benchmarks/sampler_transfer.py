@@ -20,29 +20,25 @@ import argparse
 import json
 import math
 
-import numpy as np
 import pandas as pd
 import torch
 
 from diversegrpo import config as cfg
-from diversegrpo.metrics import mode_statistics
+from diversegrpo.evaluation import ground_truth_means
 from diversegrpo.registry import build_backbone, build_reward, build_world
 from diversegrpo.sampling import sample_images, sample_rollout
 
 GOOD, POOR = 0.9, 0.5  # reward thresholds of the off-mode split
 
 
-def summarise(rewards: torch.Tensor, labels, images: int) -> dict:
+def summarise(rewards: torch.Tensor, labels, prompts: list[str]) -> dict:
     """Mean reward, its standard error, the valid share, the valid images' mean reward (nan without any), the mode
     entropy and the off-mode shares of (B,) rewards and their labels (the world's `Labels`: `valid` and `mode`, -1
-    for no mode); the batch is caption-major, `images` per caption."""
+    for no mode) of the images of `prompts`, one prompt per image."""
     off, valid = torch.from_numpy(labels.mode < 0), torch.from_numpy(labels.valid)  # (B,), (B,)
-    captions = [slice(i, i + images) for i in range(0, len(rewards), images)]
-    entropy = np.mean([mode_statistics(labels.mode[c], labels.valid[c], labels.num_modes)["mode_entropy"]
-                       for c in captions])
     return {"reward": float(rewards.mean()), "se": float(rewards.std() / math.sqrt(len(rewards))),
             "valid": float(valid.float().mean()), "reward_valid": float(rewards[valid].mean()),
-            "mode_entropy": float(entropy), "off_mode": float(off.float().mean()),
+            "mode_entropy": ground_truth_means(labels, prompts)["mode_entropy"], "off_mode": float(off.float().mean()),
             "off_scored_good": float((off & (rewards >= GOOD)).float().mean()),
             "off_scored_poor": float((off & (rewards < POOR)).float().mean())}
 
@@ -79,7 +75,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             backbone.load_trained_lora(spec["lora"], f"{run}/lora")
         samples = draw(backbone, prompts, args.images, rollout, spec["eval_steps"], 1000 + args.seed)
         for sampler, images in samples.items():
-            stats = summarise(reward(images, expanded), world.label(images, expanded), args.images)
+            stats = summarise(reward(images, expanded), world.label(images, expanded), expanded)
             rows.append({"model": model, "sampler": sampler, **stats})
     for sampler in ("ode", "sde"):
         base, *runs = (r for r in rows if r["sampler"] == sampler)

@@ -87,7 +87,7 @@ def test_sampler_transfer_summarises_reward_error_validity_and_off_mode():
     rewards = torch.tensor([0.2, 0.4, 0.95, 0.8])  # mean 0.5875; squared deviations sum to 0.361875
     labels = Labels(mode=np.array([-1, 0, -1, 1]), colour_ok=np.ones(4, bool),
                     shape_ok=np.array([True, False, True, True]))
-    out = bench.summarise(rewards, labels, images=4)
+    out = bench.summarise(rewards, labels, ["a red square"] * 4)
     # off-mode: images 0 (scored 0.2: poor) and 2 (scored 0.95: good); valid: image 3 only (scored 0.8), one mode
     assert out == {"reward": pytest.approx(0.5875), "se": pytest.approx((0.361875 / 3) ** 0.5 / 2), "valid": 0.25,
                    "reward_valid": pytest.approx(0.8), "mode_entropy": 0.0, "off_mode": 0.5, "off_scored_good": 0.25,
@@ -101,7 +101,7 @@ def test_sampler_transfer_mode_entropy_is_per_caption_then_averaged():
     # caption 0: the 4 modes once each (entropy 1); caption 1: mode 2 four times (0). Pooled, the 8 images would
     # spread 5 / 1 / 1 / 1 over the modes, an entropy of about 0.77, so the mean of 0.5 is per caption.
     labels = Labels(mode=np.array([0, 1, 2, 3, 2, 2, 2, 2]), colour_ok=np.ones(8, bool), shape_ok=np.ones(8, bool))
-    out = bench.summarise(torch.ones(8), labels, images=4)
+    out = bench.summarise(torch.ones(8), labels, ["a red square"] * 4 + ["a blue cross"] * 4)
     assert out["mode_entropy"] == pytest.approx(0.5)
 
 

@@ -96,6 +96,12 @@ def bootstrap_standard_errors(
     return {name: float(np.nanstd(v, ddof=1)) for name, v in draws.items()}
 
 
+def ground_truth_means(labels: Labels, prompts: list[str]) -> dict[str, float]:
+    """The valid share, off-mode share, mode coverage and mode entropy of each prompt's images, averaged over
+    prompts (as the evaluate stage's overall values)."""
+    return pd.DataFrame([_ground_truth(labels, members) for members in _members(prompts).values()]).mean().to_dict()
+
+
 def world_statistics(world: World, images: torch.Tensor, prompts: list[str],
                      rewards: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
     """The world's ground-truth valid share, mode coverage and mode entropy, averaged over prompts; and over the
@@ -103,8 +109,7 @@ def world_statistics(world: World, images: torch.Tensor, prompts: list[str],
     (B,) reward of `rewards` over that mode's images (`mode_<name>_<mode>`, NaN without one): the replicator
     dynamics' w_k and r_k (dynamics.py)."""
     labels = world.label(images, prompts)
-    rows = [_ground_truth(labels, members) for members in _members(prompts).values()]
-    out = pd.DataFrame(rows).mean().to_dict()
+    out = ground_truth_means(labels, prompts)
     found = labels.mode >= 0
     for k, mode in enumerate(world.modes):
         members = labels.mode == k
