@@ -2,6 +2,7 @@
 config/paper.yaml's settings, and report every number they promise."""
 
 import importlib.util
+import math
 from pathlib import Path
 
 import numpy as np
@@ -144,3 +145,29 @@ def test_decision_steps_labels_a_dim_shape_invalid_in_the_dim_world_only():
     out = bench.choices(images, "a red square", toy.ToyDimWorld())
     assert out["invalid"].tolist() == [[False, True]] and out["veiled"].tolist() == [[False, False]]
     assert bench.choices(images, "a red square", toy.ToyWorld())["invalid"].tolist() == [[False, False]]
+
+
+def test_taste_cost_splits_a_reward_into_quality_and_the_preferred_tints_taste():
+    from diversegrpo.worlds import toy
+
+    bench = load("taste_cost")
+    teal, olive = (torch.from_numpy(toy.render("red", "disc", toy.MODES.index(t))) for t in ("teal", "olive"))
+    images, prompts = torch.stack([teal, olive]), ["a red disc"] * 2
+    parts = bench.reward_parts({"kind": "toy_colour", "taste": 0.02}, images, prompts)
+    from diversegrpo.rewards.toy import ColourReward
+
+    assert (parts["quality"] + parts["taste"]) == pytest.approx(ColourReward(0.02)(images, prompts))
+    # the colour reward's taste is teal's: all of it on teal; on olive, 1 - |olive - teal| / 0.5 of it
+    distance = math.dist(toy.TINTS["olive"], toy.TINTS["teal"])
+    assert parts["taste"] == pytest.approx([0.02, 0.02 * (1 - distance / 0.5)], abs=1e-6)
+
+
+def test_taste_cost_compares_the_parts_and_the_ratio_at_equal_quality():
+    bench = load("taste_cost")
+    baseline = {"quality": torch.tensor([0.8, 0.6]), "taste": torch.tensor([0.02, 0.02])}  # reward 0.72
+    method = {"quality": torch.tensor([0.65, 0.65]), "taste": torch.tensor([0.01, 0.0])}  # reward 0.655
+    out = bench.compare(baseline, method)  # float32 means: rel=1e-5 below
+    se = math.hypot(torch.tensor([0.8, 0.6]).std().item() / math.sqrt(2), 0.0)  # 0.1
+    assert out == pytest.approx({"ratio": 0.655 / 0.72, "taste_gap": 0.015 / 0.72, "quality_gap": 0.05 / 0.72,
+                                 "quality_gap_in_se": 0.05 / se, "ratio_at_equal_quality": 0.705 / 0.72}, rel=1e-5)
+    assert out["taste_gap"] + out["quality_gap"] == pytest.approx(1 - out["ratio"])
