@@ -67,6 +67,19 @@ def test_ratios_per_seed_and_missing_where_flow_grpo_is_zero():
     assert pd.isna(eval_ratios.ratio_mode_entropy[0]) and eval_ratios.ratio_mode_entropy[2] == pytest.approx(4.0)
     without = per_seed[per_seed.method != "flow_grpo"]
     assert tables.ratios(without).empty  # Flow-GRPO not in the run matrix: no ratios
+    assert "ratio_reward_se" not in ratios  # no standard errors given, none made up
+
+
+def test_ratio_standard_errors_combine_the_two_runs_bootstrap_ones():
+    metrics = long_metrics([0, 1, 2], made_up())  # every metric's standard error: 0.01 x (1 + seed)
+    _, _, per_seed = tables.aggregate(metrics)
+    ratios = tables.ratios(per_seed, tables.overall_table(metrics, "overall_se")).query("split == 'eval'")
+    seed_1 = ratios.set_index("seed").loc[1]
+    # reward: 0.75 / 0.75 with both standard errors 0.02 -> hypot(0.02, 1 x 0.02) / 0.75
+    assert seed_1.ratio_reward_se == pytest.approx(np.hypot(0.02, 0.02) / 0.75)
+    # diversity 0.6 / 0.3 = 2: the first-order error is 2 x hypot(0.02 / 0.6, 0.02 / 0.3)
+    assert seed_1.ratio_diversity_se == pytest.approx(2 * np.hypot(0.02 / 0.6, 0.02 / 0.3))
+    assert pd.isna(ratios.set_index("seed").loc[0].ratio_mode_entropy_se)  # no ratio (Flow-GRPO's is 0): no error
 
 
 def test_summary_and_table_1_per_split():
@@ -74,7 +87,8 @@ def test_summary_and_table_1_per_split():
     mean, spread, per_seed = tables.aggregate(long_metrics(seeds, made_up()))
     split_tables = tables.split_tables(mean, spread, [REWARD])
     assert list(split_tables) == ["eval", "train"]
-    ratios = tables.ratios(per_seed)
+    metrics = long_metrics(seeds, made_up())
+    ratios = tables.ratios(per_seed, tables.overall_table(metrics, "overall_se"))
     summary = tables.summary(split_tables, per_seed, ratios, seeds)
     flow = summary["eval"]["toy"][REWARD]["flow_grpo"]["diversity"]
     assert flow == {"mean": pytest.approx(0.3), "spread": pytest.approx(0.1),
@@ -82,15 +96,19 @@ def test_summary_and_table_1_per_split():
     assert summary["train"]["toy"][REWARD]["base"]["diversity"]["per_seed"] == pytest.approx([0.9] * 3)
     assert summary["seeds"] == seeds
     first = summary["ratios"]["eval"]["toy"][REWARD][0]
+    reward_se = np.hypot(0.01, 0.74 / 0.75 * 0.01) / 0.75  # seed 0: both standard errors 0.01
     assert first == {"seed": 0, "diversity": pytest.approx(3.0), "mode_entropy": None,
-                     "reward": pytest.approx(0.74 / 0.75, abs=1e-6)}
+                     "reward": pytest.approx(0.74 / 0.75, abs=1e-6), "diversity_se": pytest.approx(np.hypot(0.01, 0.03)
+                                                                                                   / 0.2, abs=1e-6),
+                     "mode_entropy_se": None, "reward_se": pytest.approx(reward_se, abs=1e-6)}
     markdown = tables.table1_markdown(split_tables, ratios, seeds)
     assert "Mean over the 3 seeds 0, 1, 2 ± the sample standard deviation over seeds." in markdown
     eval_part, train_part = markdown.split("## train split (training captions)")
     assert "## eval split (held-out captions)" in eval_part
     assert f"| toy | {REWARD} | flow_grpo | 0.3000 ± 0.1000 |" in eval_part
     assert f"| toy | {REWARD} | flow_grpo | 0.4000 ± 0.1000 |" in train_part
-    assert f"| toy | {REWARD} | 0 | 3.000 | — | 0.987 |" in eval_part  # the ratios; mode entropy 0 -> none
+    # the ratios with their standard errors; Flow-GRPO's mode entropy is 0 -> none
+    assert f"| toy | {REWARD} | 0 | 3.000 ± 0.158 | — | 0.987 ± 0.019 |" in eval_part
     latex = tables.table1_latex(split_tables, ratios, seeds)
     assert latex.count(r"\begin{tabular}") == latex.count(r"\end{tabular}") == 2 and "—" not in latex
 

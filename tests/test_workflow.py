@@ -250,6 +250,7 @@ def test_summary_aggregates_the_per_seed_metrics_files(seeds_run):
                                  ("mode_entropy", "mode_entropy")):
                 if theirs[metric] != 0:
                     assert r[name] == pytest.approx(mine[metric] / theirs[metric], rel=1e-5, abs=1e-6)
+                    assert r[f"{name}_se"] > 0  # from the two runs' bootstrap standard errors
                 else:
                     assert r[name] is None
 

@@ -4,6 +4,7 @@ metrics. The figures are figures.py's."""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 # (metric, header, higher is better); rewards are added per table
@@ -57,28 +58,45 @@ def aggregate(metrics: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.Dat
     return mean, spread, per_seed
 
 
-def ratios(per_seed: pd.DataFrame) -> pd.DataFrame:
+def ratios(per_seed: pd.DataFrame, errors: pd.DataFrame | None = None) -> pd.DataFrame:
     """DiverseGRPO / Flow-GRPO per split, backbone, reward and seed, of diversity, mode entropy (toy world)
     and the run's own reward: columns split, backbone, reward, seed and ratio_<RATIOS key> (missing, NaN, where
-    Flow-GRPO's value is 0 or missing). Empty unless both methods are in the run matrix."""
+    Flow-GRPO's value is 0 or missing). With `errors` (overall_table's "overall_se" rows), also ratio_<key>_se: the
+    ratio's standard error from the two runs' bootstrap ones (_ratio_error), so that a seed's ratio can be read
+    against the noise of its evaluation images. Empty unless both methods are in the run matrix."""
     rows = []
     runs = per_seed.set_index([*KEYS, "seed"])
+    ses = errors.set_index([*KEYS, "seed"]) if errors is not None and len(errors) else None
     for (split, backbone, reward, method, seed) in runs.index:
-        if method != DIVERSE or (split, backbone, reward, BASELINE, seed) not in runs.index:
+        theirs_key = (split, backbone, reward, BASELINE, seed)
+        if method != DIVERSE or theirs_key not in runs.index:
             continue
-        mine, theirs = runs.loc[(split, backbone, reward, method, seed)], runs.loc[(split, backbone, reward, BASELINE,
-                                                                                    seed)]
+        mine_key = (split, backbone, reward, method, seed)
+        mine, theirs = runs.loc[mine_key], runs.loc[theirs_key]
         row = {"split": split, "backbone": backbone, "reward": reward, "seed": int(seed)}
         for name in RATIOS:
             column = f"reward_{reward}" if name == "reward" else name
             if column in runs:
-                row[f"ratio_{name}"] = _quotient(mine[column], theirs[column])
+                row[f"ratio_{name}"] = ratio = _quotient(mine[column], theirs[column])
+                if ses is not None and column in ses and mine_key in ses.index and theirs_key in ses.index:
+                    row[f"ratio_{name}_se"] = _ratio_error(ratio, ses.loc[mine_key, column], theirs[column],
+                                                           ses.loc[theirs_key, column])
         rows.append(row)
-    return pd.DataFrame(rows, columns=["split", "backbone", "reward", "seed", *(f"ratio_{n}" for n in RATIOS)])
+    columns = ["split", "backbone", "reward", "seed", *(f"ratio_{n}" for n in RATIOS)]
+    errors_found = [f"ratio_{n}_se" for n in RATIOS if any(f"ratio_{n}_se" in r for r in rows)]
+    return pd.DataFrame(rows, columns=columns + errors_found)
 
 
 def _quotient(a, b) -> float | None:
     return float(a / b) if pd.notna(a) and pd.notna(b) and b != 0 else None
+
+
+def _ratio_error(ratio: float | None, se_a, b, se_b) -> float | None:
+    """First-order standard error of the ratio a / b from the standard errors of a and b, treated as independent:
+    hypot(se_a, ratio * se_b) / |b|, which is ratio * hypot(se_a / a, se_b / b) where a != 0."""
+    if ratio is None or pd.isna(se_a) or pd.isna(se_b):
+        return None
+    return float(np.hypot(se_a, ratio * se_b) / abs(b))
 
 
 def paper_table(table: pd.DataFrame, rewards: list[str]) -> pd.DataFrame:
@@ -139,13 +157,19 @@ def adaptive_k_markdown(records: list[dict]) -> str:
 
 
 def _ratio_title() -> str:
-    return "DiverseGRPO / Flow-GRPO per seed"
+    return "DiverseGRPO / Flow-GRPO per seed (± the ratio's standard error, from the two runs' bootstrap ones)"
 
 
-def _ratio_cells(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+def _ratio_cells(table: pd.DataFrame, pm: str = "±") -> tuple[list[str], list[list[str]]]:
     names = [n for n in RATIOS if table[f"ratio_{n}"].notna().any()]
-    rows = [[str(r["backbone"]), str(r["reward"]), str(r["seed"]),
-             *("—" if pd.isna(r[f"ratio_{n}"]) else f"{r[f'ratio_{n}']:.3f}" for n in names)]
+
+    def cell(record: dict, name: str) -> str:
+        value, error = record[f"ratio_{name}"], record.get(f"ratio_{name}_se")
+        if pd.isna(value):
+            return "—"
+        return f"{value:.3f}" if error is None or pd.isna(error) else f"{value:.3f} {pm} {error:.3f}"
+
+    rows = [[str(r["backbone"]), str(r["reward"]), str(r["seed"]), *(cell(r, n) for n in names)]
             for r in table.to_dict("records")]
     return ["backbone", "reward", "seed", *(RATIOS[n] for n in names)], rows
 
@@ -172,11 +196,11 @@ def table1_latex(tables: dict[str, tuple], ratio_table: pd.DataFrame, seeds: lis
         out += [r"\bottomrule", r"\end{tabular}"]
     if len(ratio_table):
         header, _ = _ratio_cells(ratio_table)
-        out += ["", f"% {_ratio_title()}",
+        out += ["", f"% {_ratio_title()}".replace("±", "+-"),
                 r"\begin{tabular}{" + "l" * 4 + "r" * (len(header) - 3) + "}", r"\toprule",
                 " & ".join(["split", *header]) + r" \\", r"\midrule"]
         for split in tables:
-            _, rows = _ratio_cells(ratio_table[ratio_table.split == split])
+            _, rows = _ratio_cells(ratio_table[ratio_table.split == split], r"$\pm$")
             out += [" & ".join(c.replace("_", r"\_").replace("—", "--") for c in [split, *cells]) + r" \\"
                     for cells in rows]
         out += [r"\bottomrule", r"\end{tabular}"]
@@ -226,8 +250,8 @@ def _fmt(v, error: float | None = None, pm: str = "±") -> str:
 def summary(tables: dict[str, tuple], per_seed: pd.DataFrame, ratio_table: pd.DataFrame, seeds: list[int]) -> dict:
     """Machine-readable Table 1 (for `dvc metrics`): {"seeds": [...], split: {backbone: {reward: {method: {metric:
     {"mean", "spread", "per_seed": [one value per seed, in "seeds" order]}}}}}, "ratios": {split: {backbone:
-    {reward: [{"seed", "diversity", "mode_entropy", "reward"} per seed]}}}}. base sits under every reward, as
-    in Table 1; a value that does not exist is null; spread as in Table 1 (spread_note)."""
+    {reward: [{"seed", "diversity", "mode_entropy", "reward"} per seed, and "<ratio>_se" where known]}}}}. base sits
+    under every reward, as in Table 1; a value that does not exist is null; spread as in Table 1 (spread_note)."""
     out: dict = {"seeds": [int(s) for s in seeds]}
     values = per_seed.set_index([*KEYS, "seed"])
     for split, (table, errors) in tables.items():
@@ -245,7 +269,8 @@ def summary(tables: dict[str, tuple], per_seed: pd.DataFrame, ratio_table: pd.Da
                     "per_seed": [_number(values[metric].get((split, backbone, own, method, s))) for s in seeds],
                 }
     for r in ratio_table.to_dict("records"):
-        entry = {"seed": int(r["seed"]), **{n: _number(r[f"ratio_{n}"]) for n in RATIOS}}
+        entry = {"seed": int(r["seed"]), **{n: _number(r[f"ratio_{n}"]) for n in RATIOS},
+                 **{f"{n}_se": _number(r[f"ratio_{n}_se"]) for n in RATIOS if f"ratio_{n}_se" in r}}
         out.setdefault("ratios", {}).setdefault(r["split"], {}).setdefault(r["backbone"], {}).setdefault(
             r["reward"], []).append(entry)
     return out

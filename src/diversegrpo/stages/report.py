@@ -34,7 +34,7 @@ def report_stage(
     rewards = sorted({run[1] for run in runs})
     mean, spread, per_seed = tables.aggregate(metrics)
     split_tables = tables.split_tables(mean, spread, rewards)
-    ratios = tables.ratios(per_seed)
+    ratios = tables.ratios(per_seed, tables.overall_table(metrics, "overall_se"))
     runs = [tuple(run) for run in runs]
     chosen_k = adaptive_k_records(runs, run_dirs)
     write_text(tables.table1_markdown(split_tables, ratios, seeds) + tables.adaptive_k_markdown(chosen_k),
