@@ -6,8 +6,9 @@ Each toy reward is (1 - taste) Q + taste P: the quality Q and a palette P that p
 tints earns a share of it, at the same quality. This scores every evaluation image with the run's reward and with
 the same reward at taste 0, and prints, per reward, replicate seed and caption split: the method's reward over the
 baseline's (`ratio`), the gap's two parts as shares of the baseline's reward (`taste_gap`, `quality_gap`; they sum
-to 1 - ratio), the quality gap in standard errors, and `ratio_at_equal_quality`, the ratio the method would reach
-with the baseline's quality and its own spread of tints.
+to 1 - ratio), the quality gap in standard errors of the two mean qualities (`quality_gap_in_se`, each image an
+independent draw), and `ratio_at_equal_quality`, the ratio the method would reach with the baseline's quality and
+its own spread of tints.
 
     python benchmarks/taste_cost.py [--results results] [--method diverse_grpo] [--baseline flow_grpo]
 """

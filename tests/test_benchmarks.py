@@ -148,14 +148,13 @@ def test_decision_steps_labels_a_dim_shape_invalid_in_the_dim_world_only():
 
 
 def test_taste_cost_splits_a_reward_into_quality_and_the_preferred_tints_taste():
+    from diversegrpo.rewards.toy import ColourReward
     from diversegrpo.worlds import toy
 
     bench = load("taste_cost")
     teal, olive = (torch.from_numpy(toy.render("red", "disc", toy.MODES.index(t))) for t in ("teal", "olive"))
     images, prompts = torch.stack([teal, olive]), ["a red disc"] * 2
     parts = bench.reward_parts({"kind": "toy_colour", "taste": 0.02}, images, prompts)
-    from diversegrpo.rewards.toy import ColourReward
-
     assert (parts["quality"] + parts["taste"]) == pytest.approx(ColourReward(0.02)(images, prompts))
     # the colour reward's taste is teal's: all of it on teal; on olive, 1 - |olive - teal| / 0.5 of it
     distance = math.dist(toy.TINTS["olive"], toy.TINTS["teal"])

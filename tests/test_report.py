@@ -84,10 +84,10 @@ def test_ratio_standard_errors_combine_the_two_runs_bootstrap_ones():
 
 def test_summary_and_table_1_per_split():
     seeds = [0, 1, 2]
-    mean, spread, per_seed = tables.aggregate(long_metrics(seeds, made_up()))
+    metrics = long_metrics(seeds, made_up())
+    mean, spread, per_seed = tables.aggregate(metrics)
     split_tables = tables.split_tables(mean, spread, [REWARD])
     assert list(split_tables) == ["eval", "train"]
-    metrics = long_metrics(seeds, made_up())
     ratios = tables.ratios(per_seed, tables.overall_table(metrics, "overall_se"))
     summary = tables.summary(split_tables, per_seed, ratios, seeds)
     flow = summary["eval"]["toy"][REWARD]["flow_grpo"]["diversity"]
@@ -96,10 +96,10 @@ def test_summary_and_table_1_per_split():
     assert summary["train"]["toy"][REWARD]["base"]["diversity"]["per_seed"] == pytest.approx([0.9] * 3)
     assert summary["seeds"] == seeds
     first = summary["ratios"]["eval"]["toy"][REWARD][0]
-    reward_se = np.hypot(0.01, 0.74 / 0.75 * 0.01) / 0.75  # seed 0: both standard errors 0.01
+    # seed 0: both standard errors 0.01; diversity 0.6 / 0.2, reward 0.74 / 0.75
+    diversity_se, reward_se = np.hypot(0.01, 3.0 * 0.01) / 0.2, np.hypot(0.01, 0.74 / 0.75 * 0.01) / 0.75
     assert first == {"seed": 0, "diversity": pytest.approx(3.0), "mode_entropy": None,
-                     "reward": pytest.approx(0.74 / 0.75, abs=1e-6), "diversity_se": pytest.approx(np.hypot(0.01, 0.03)
-                                                                                                   / 0.2, abs=1e-6),
+                     "reward": pytest.approx(0.74 / 0.75, abs=1e-6), "diversity_se": pytest.approx(diversity_se),
                      "mode_entropy_se": None, "reward_se": pytest.approx(reward_se, abs=1e-6)}
     markdown = tables.table1_markdown(split_tables, ratios, seeds)
     assert "Mean over the 3 seeds 0, 1, 2 ± the sample standard deviation over seeds." in markdown
