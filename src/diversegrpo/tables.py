@@ -164,10 +164,8 @@ def _ratio_cells(table: pd.DataFrame, pm: str = "±") -> tuple[list[str], list[l
     names = [n for n in RATIOS if table[f"ratio_{n}"].notna().any()]
 
     def cell(record: dict, name: str) -> str:
-        value, error = record[f"ratio_{name}"], record.get(f"ratio_{name}_se")
-        if pd.isna(value):
-            return "—"
-        return f"{value:.3f}" if error is None or pd.isna(error) else f"{value:.3f} {pm} {error:.3f}"
+        value = record[f"ratio_{name}"]
+        return "—" if pd.isna(value) else _fmt(float(value), record.get(f"ratio_{name}_se"), pm, digits=3)
 
     rows = [[str(r["backbone"]), str(r["reward"]), str(r["seed"]), *(cell(r, n) for n in names)]
             for r in table.to_dict("records")]
@@ -240,11 +238,11 @@ def _cells(table: pd.DataFrame, errors: pd.DataFrame | None, pm: str) -> list[li
     return rows
 
 
-def _fmt(v, error: float | None = None, pm: str = "±") -> str:
+def _fmt(v, error: float | None = None, pm: str = "±", digits: int = 4) -> str:
     if not isinstance(v, float):
         return str(v)
-    v = round(v, 4) + 0.0  # a Frechet distance of -1e-9 (the base model against itself) prints as 0.0000
-    return f"{v:.4f} {pm} {error:.4f}" if error is not None and pd.notna(error) else f"{v:.4f}"
+    v = round(v, digits) + 0.0  # a Frechet distance of -1e-9 (the base model against itself) prints as 0.0000
+    return f"{v:.{digits}f} {pm} {error:.{digits}f}" if error is not None and pd.notna(error) else f"{v:.{digits}f}"
 
 
 def summary(tables: dict[str, tuple], per_seed: pd.DataFrame, ratio_table: pd.DataFrame, seeds: list[int]) -> dict:
