@@ -301,9 +301,9 @@ def test_new_beta_reruns_only_the_affected_phases_and_jobs(repro):
     assert ("evaluate" in ran_stages) == samples_changed, (ran_stages, samples_changed)
     per_run = {"run_config", "train", "sample", "evaluate", "budget"}
     ran = jobs_in_log(out)
-    # config/tiny.yaml's sweep follows (beta 0.05 and 0.5): 0.05, diverse_grpo's beta until now, becomes a run of its
+    # config/tiny.yaml's sweep follows (beta 0.01 and 0.5): 0.01, diverse_grpo's beta until now, becomes a run of its
     # own; 0.5's run is another method's, untouched
-    sweep_point = {(r, f"toy/{rw}/diverse_grpo-beta0.05/0") for r in per_run for rw in MATRIX["rewards"]}
+    sweep_point = {(r, f"toy/{rw}/diverse_grpo-beta0.01/0") for r in per_run for rw in MATRIX["rewards"]}
     allowed = {(r, f"toy/{rw}/diverse_grpo/0") for r in per_run for rw in MATRIX["rewards"]} | sweep_point | {
         ("report", ""),
         ("analyses", ""),

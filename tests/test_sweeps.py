@@ -11,15 +11,17 @@ from diversegrpo.stages.sweeps import seconds_per_iteration, sweep_table
 
 
 def test_a_sweep_point_is_the_method_with_one_key_changed_and_its_own_value_shares_its_runs():
-    config = C.deep_merge(C.defaults(), {"sweeps": {"method": "diverse_grpo", "beta": [0.05, 0.1], "sa_steps": [3]}})
-    assert C.sweep_points(config) == [("beta", 0.05, "diverse_grpo"), ("beta", 0.1, "diverse_grpo-beta0.1"),
+    own = C.defaults()["methods"]["diverse_grpo"]["creative"]["beta"]
+    assert own != 0.1
+    config = C.deep_merge(C.defaults(), {"sweeps": {"method": "diverse_grpo", "beta": [own, 0.1], "sa_steps": [3]}})
+    assert C.sweep_points(config) == [("beta", own, "diverse_grpo"), ("beta", 0.1, "diverse_grpo-beta0.1"),
                                       ("sa_steps", 3, "diverse_grpo-sa_steps3")]
     methods = C.sweep_methods(config)
     base = config["methods"]["diverse_grpo"]
     assert set(methods) == {"diverse_grpo-beta0.1", "diverse_grpo-sa_steps3"}
     assert methods["diverse_grpo-beta0.1"] == {**base, "creative": {**base["creative"], "beta": 0.1}}
     assert methods["diverse_grpo-sa_steps3"] == {**base, "sa_steps": 3}
-    assert config["methods"]["diverse_grpo"]["creative"]["beta"] == 0.05  # the swept method is left as it was
+    assert config["methods"]["diverse_grpo"]["creative"]["beta"] == own  # the swept method is left as it was
     with_sweeps = {**config, "methods": {**config["methods"], **methods}}
     spec = C.run_spec(with_sweeps, "toy", "colour", "diverse_grpo-sa_steps3", None, 0)
     assert spec["method"]["sa_steps"] == 3
