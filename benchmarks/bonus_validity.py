@@ -8,8 +8,17 @@ samples (config.yaml's rollout settings, the training captions), scores them as 
 minus its group's mean, and how many (invalid, valid) pairs of one group the mixed reward ranks the other
 way round from the quality alone.
 
+Could a quality gate withhold the bonus from broken images? Per kind of image (valid on the reward's preferred
+tint, valid on the others, off-tint: the caption's colour and shape on a background off every tint, which only
+the 2 % taste sees; and every other invalid image) it also prints the median quality, the mean centred bonus, and
+the share that a median gate (the bonus only at or above the group's median quality) would keep, with the pairs
+the gated reward ranks invalid first.
+
     python benchmarks/bonus_validity.py [--backbone results/backbones/toy] [--reward colour] [--batches 6]
-                                        [--mix raw|standardised] [--beta B]
+                                        [--mix raw|standardised] [--beta B] [--run RUN_DIR]
+
+--run scores the rollouts of a trained run (its `lora/` on the backbone) instead of the base model's: where
+training ends, which is where a bonus that paid broken images would have kept them.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -49,6 +59,36 @@ def centred_bonus_by_validity(bonus: torch.Tensor, valid: torch.Tensor, group_id
             "valid_images": int(counts.get(True, 0)), "invalid_images": int(counts.get(False, 0))}
 
 
+KINDS = ("valid_preferred", "valid_other", "off_tint", "broken")
+
+
+def image_kinds(labels: world.Labels, preferred: int) -> np.ndarray:
+    """(B,) one of KINDS per image; `preferred`: the index of the reward's preferred tint in world.MODES."""
+    kinds = np.full(len(labels.mode), "broken", dtype=object)
+    kinds[(labels.mode < 0) & labels.colour_ok & labels.shape_ok] = "off_tint"  # an object was found: no muddle of it
+    kinds[labels.valid] = "valid_other"
+    kinds[labels.valid & (labels.mode == preferred)] = "valid_preferred"
+    return kinds
+
+
+def median_gate(quality: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: the image's quality is at least its group's median."""
+    frame = pd.DataFrame({"g": group_ids.numpy(), "q": quality.numpy()})
+    return torch.tensor((frame.q >= frame.groupby("g").q.transform("median")).to_numpy())
+
+
+def by_kind(quality: torch.Tensor, bonus: torch.Tensor, gate: torch.Tensor, group_ids: torch.Tensor,
+            kinds: np.ndarray) -> dict:
+    """Per kind: images, median quality, mean centred bonus, and the share the gate keeps. (B,) inputs."""
+    frame = pd.DataFrame({"g": group_ids.numpy(), "q": quality.numpy(), "E": bonus.numpy(), "gate": gate.numpy(),
+                          "kind": kinds})
+    frame["centred"] = frame.E - frame.groupby("g").E.transform("mean")
+    stats = frame.groupby("kind").agg(images=("q", "size"), median_quality=("q", "median"),
+                                      centred_bonus=("centred", "mean"), median_gate_keeps=("gate", "mean"))
+    return {f"{column}_{kind}": (int(row[column]) if column == "images" else float(row[column]))
+            for kind, row in stats.reindex([k for k in KINDS if k in stats.index]).iterrows() for column in stats}
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backbone", default="results/backbones/toy", help="a pre-trained toy backbone directory")
@@ -58,6 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batches", type=int, default=6, help="rollout batches of every training caption")
     ap.add_argument("--mix", choices=["raw", "standardised"], help="the creative mix (default: the method's)")
     ap.add_argument("--beta", type=float, help="the creative weight (default: the method's)")
+    ap.add_argument("--run", help="a trained run's directory (results/runs/toy/<reward>/<method>/seedN)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     config = cfg.defaults()
@@ -65,9 +106,12 @@ def main(argv: list[str] | None = None) -> dict:
     overrides = {k: v for k, v in (("mix", args.mix), ("beta", args.beta)) if v is not None}
     train, creative = spec["train"], trainer.CreativeSettings(**{**spec["method"]["creative"], **overrides})
     backbone = build_backbone(spec["backbone"], "cpu")
+    if args.run:
+        backbone.load_trained_lora(spec["backbone"]["lora"], f"{args.run}/lora")
     reward, embedder = build_reward(spec["reward"]), build_features(spec["features"])
     prompts = pd.read_parquet(args.captions).prompt.tolist()
-    quality, rewards, bonus, valid, groups = [], [], [], [], []
+    preferred = world.MODES.index(reward.preferred)
+    quality, rewards, bonus, valid, groups, kinds = [], [], [], [], [], []
     for batch in range(args.batches):
         rollout = sample_rollout(backbone, prompts, train["group_size"], train["train_steps"], train["guidance_scale"],
                                  train["noise_level"], torch.Generator().manual_seed(batch), train["sde_type"])
@@ -75,12 +119,21 @@ def main(argv: list[str] | None = None) -> dict:
         quality.append(scores.quality)
         rewards.append(scores.rewards)
         bonus.append(scores.bonus)
-        valid.append(torch.from_numpy(world.label(rollout.images, rollout.prompts).valid))
+        labels = world.label(rollout.images, rollout.prompts)
+        valid.append(torch.from_numpy(labels.valid))
+        kinds.append(image_kinds(labels, preferred))
         groups.append(rollout.group_ids + batch * len(prompts))
     quality, rewards, bonus = torch.cat(quality), torch.cat(rewards), torch.cat(bonus)
-    valid, groups = torch.cat(valid), torch.cat(groups)
-    result = {"backbone": args.backbone, "reward": args.reward, "mix": creative.mix, "beta": creative.beta,
-              **centred_bonus_by_validity(bonus, valid, groups), **pair_flips(quality, rewards, valid, groups)}
+    valid, groups, kinds = torch.cat(valid), torch.cat(groups), np.concatenate(kinds)
+    gate = median_gate(quality, groups)
+    gated_flips = None
+    if creative.mix == "raw":  # gated out: E = 1, the least bonus, that of a group in one cluster
+        gated = quality + creative.beta * torch.where(gate, bonus, torch.ones_like(bonus))
+        gated_flips = pair_flips(quality, gated, valid, groups)["invalid_first_by_reward"]
+    result = {"backbone": args.backbone, "run": args.run, "reward": args.reward, "mix": creative.mix,
+              "beta": creative.beta, **centred_bonus_by_validity(bonus, valid, groups),
+              **pair_flips(quality, rewards, valid, groups), "invalid_first_by_gated_reward": gated_flips,
+              **by_kind(quality, bonus, gate, groups, kinds)}
     print(json.dumps(result, indent=1))
     return result
 

@@ -81,6 +81,29 @@ def test_bonus_validity_counts_pairs_and_centres_the_bonus_per_group():
                    "valid_images": 3, "invalid_images": 2}
 
 
+
+def test_bonus_validity_sorts_images_by_kind_and_gates_at_the_group_median():
+    from diversegrpo.worlds.toy import Labels
+
+    bench = load("bonus_validity")
+    # valid on the preferred tint (1), valid on another (0), off-tint (right colour and shape, no tint), no object
+    labels = Labels(mode=np.array([1, 0, -1, -1]), colour_ok=np.array([True, True, True, False]),
+                    shape_ok=np.array([True, True, True, False]))
+    kinds = bench.image_kinds(labels, preferred=1)
+    assert kinds.tolist() == ["valid_preferred", "valid_other", "off_tint", "broken"]
+    group_ids = torch.tensor([0, 0, 0, 0, 1, 1, 1])
+    quality = torch.tensor([1.0, 0.97, 0.99, 0.1, 0.5, 0.9, 0.7])  # group 0's median 0.98 (pandas: the mean of two)
+    gate = bench.median_gate(quality, group_ids)
+    assert gate.tolist() == [True, False, True, False, False, True, True]
+    bonus = torch.tensor([1.0, 1.0, 2.0, 2.0, 1.0, 1.0, 1.0])  # group 0's mean 1.5
+    out = bench.by_kind(quality[:4], bonus[:4], gate[:4], group_ids[:4], kinds)
+    assert out["images_off_tint"] == 1 and out["median_quality_off_tint"] == pytest.approx(0.99)
+    assert out["centred_bonus_off_tint"] == pytest.approx(0.5)
+    assert out["centred_bonus_valid_other"] == pytest.approx(-0.5)
+    assert out["median_gate_keeps_valid_other"] == 0.0 and out["median_gate_keeps_off_tint"] == 1.0
+    assert list(out)[:4] == ["images_valid_preferred", "median_quality_valid_preferred",
+                             "centred_bonus_valid_preferred", "median_gate_keeps_valid_preferred"]
+
 def test_sampler_transfer_summarises_reward_error_validity_and_off_mode():
     from diversegrpo.worlds.toy import Labels
 
