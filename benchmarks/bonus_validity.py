@@ -12,7 +12,7 @@ Could a quality gate withhold the bonus from broken images? Per kind of image (v
 tint, valid on the others, off-tint: the caption's colour and shape on a background off every tint, which only
 the 2 % taste sees; and every other invalid image) it also prints the median quality, the mean centred bonus, and
 the share that a median gate (the bonus only at or above the group's median quality) would keep, with the pairs
-the gated reward ranks invalid first.
+the gated reward ranks invalid first; and the kind of the invalid image in each pair the bonus turned round.
 
     python benchmarks/bonus_validity.py [--backbone results/backbones/toy] [--reward colour] [--batches 6]
                                         [--mix raw|standardised] [--beta B] [--run RUN_DIR]
@@ -46,6 +46,17 @@ def pair_flips(quality: torch.Tensor, rewards: torch.Tensor, valid: torch.Tensor
     by_reward = pairs & (rewards[:, None] > rewards[None, :])
     return {"pairs": int(pairs.sum()), "invalid_first_by_quality": int(by_quality.sum()),
             "invalid_first_by_reward": int(by_reward.sum())}
+
+
+def turned_by_kind(quality: torch.Tensor, rewards: torch.Tensor, valid: torch.Tensor, group_ids: torch.Tensor,
+                   kinds: np.ndarray) -> dict:
+    """(invalid, valid) pairs of one group that the mixed rewards rank invalid first and the quality does not, by
+    the invalid image's kind. (B,) inputs."""
+    same = group_ids[:, None] == group_ids[None, :]  # (B, B)
+    turned = same & ~valid[:, None] & valid[None, :] & (rewards[:, None] > rewards[None, :])
+    turned &= ~(quality[:, None] > quality[None, :])
+    per_image = turned.sum(dim=1).numpy()  # (B,) pairs in which image i is the invalid one
+    return {f"turned_{kind}": int(per_image[kinds == kind].sum()) for kind in ("off_tint", "broken")}
 
 
 def centred_bonus_by_validity(bonus: torch.Tensor, valid: torch.Tensor, group_ids: torch.Tensor) -> dict:
@@ -133,6 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"backbone": args.backbone, "run": args.run, "reward": args.reward, "mix": creative.mix,
               "beta": creative.beta, **centred_bonus_by_validity(bonus, valid, groups),
               **pair_flips(quality, rewards, valid, groups), "invalid_first_by_gated_reward": gated_flips,
+              **turned_by_kind(quality, rewards, valid, groups, kinds),
               **by_kind(quality, bonus, gate, groups, kinds)}
     print(json.dumps(result, indent=1))
     return result

@@ -101,6 +101,10 @@ def test_bonus_validity_sorts_images_by_kind_and_gates_at_the_group_median():
     assert out["centred_bonus_off_tint"] == pytest.approx(0.5)
     assert out["centred_bonus_valid_other"] == pytest.approx(-0.5)
     assert out["median_gate_keeps_valid_other"] == 0.0 and out["median_gate_keeps_off_tint"] == 1.0
+    # pair (2, 0): the reward turns it round; (2, 1): the quality already ranks image 2 first; (3, *): neither
+    turned = bench.turned_by_kind(quality[:4], quality[:4] + 0.01 * bonus[:4] * torch.tensor([1.0, 1.0, 3.0, 1.0]),
+                                  torch.from_numpy(labels.valid), group_ids[:4], kinds)
+    assert turned == {"turned_off_tint": 1, "turned_broken": 0}
     assert list(out)[:4] == ["images_valid_preferred", "median_quality_valid_preferred",
                              "centred_bonus_valid_preferred", "median_gate_keeps_valid_preferred"]
 
