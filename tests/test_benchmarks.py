@@ -108,6 +108,34 @@ def test_bonus_validity_sorts_images_by_kind_and_gates_at_the_group_median():
     assert list(out)[:4] == ["images_valid_preferred", "median_quality_valid_preferred",
                              "centred_bonus_valid_preferred", "median_gate_keeps_valid_preferred"]
 
+
+def test_bonus_validity_scores_a_trained_runs_own_rollouts(tiny_toy_dir, tmp_path):
+    """--run puts the run's LoRA on the backbone: with a LoRA that changes the model, its rollouts differ."""
+    import pandas as pd
+
+    from diversegrpo import config as cfg
+    from diversegrpo.backbones.base import LoraSpec
+    from diversegrpo.registry import build_backbone
+
+    bench = load("bonus_validity")
+    spec = cfg.run_spec(cfg.defaults(), "toy", "colour", "diverse_grpo", str(tiny_toy_dir))["backbone"]
+    backbone = build_backbone(spec, "cpu")
+    backbone.add_lora(LoraSpec.from_config(spec["lora"], backbone.lora_targets))
+    torch.manual_seed(0)
+    for p in backbone.transformer.parameters():
+        if p.requires_grad:
+            p.data.normal_(0, 0.5)
+    backbone.save_lora(tmp_path / "run" / "lora")
+    pd.DataFrame({"prompt": ["a red disc", "a blue square"]}).to_parquet(tmp_path / "train.parquet")
+    common = ["--backbone", str(tiny_toy_dir), "--captions", str(tmp_path / "train.parquet"), "--batches", "1"]
+    base, run = bench.main(common), bench.main([*common, "--run", str(tmp_path / "run")])
+    assert base["run"] is None and run["run"] == str(tmp_path / "run")
+    group_size = cfg.defaults()["train"]["group_size"]
+    for result in (base, run):
+        images = sum(v for k, v in result.items() if k.startswith("images_"))
+        assert images == result["valid_images"] + result["invalid_images"] == 2 * group_size
+    assert base["median_quality_broken"] != run["median_quality_broken"]
+
 def test_sampler_transfer_summarises_reward_error_validity_and_off_mode():
     from diversegrpo.worlds.toy import Labels
 
