@@ -32,6 +32,7 @@ import torch
 
 from diversegrpo import config as cfg
 from diversegrpo import trainer
+from diversegrpo.creative import median_gate as group_median_gate
 from diversegrpo.registry import build_backbone, build_features, build_reward
 from diversegrpo.sampling import sample_rollout
 from diversegrpo.worlds import toy as world
@@ -83,9 +84,11 @@ def image_kinds(labels: world.Labels, preferred: int) -> np.ndarray:
 
 
 def median_gate(quality: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
-    """(B,) bool: the image's quality is at least its group's median."""
-    frame = pd.DataFrame({"g": group_ids.numpy(), "q": quality.numpy()})
-    return torch.tensor((frame.q >= frame.groupby("g").q.transform("median")).to_numpy())
+    """(B,) bool: the image's quality is at least its group's median (the gate of creative.gate: median)."""
+    gate = torch.zeros_like(quality, dtype=torch.bool)
+    for g in torch.unique(group_ids):
+        gate[group_ids == g] = group_median_gate(quality[group_ids == g])
+    return gate
 
 
 def by_kind(quality: torch.Tensor, bonus: torch.Tensor, gate: torch.Tensor, group_ids: torch.Tensor,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from diversegrpo.creative import affinity, cosine_distances, eigengap_k, exploration_bonus, mix
+from diversegrpo.creative import affinity, cosine_distances, eigengap_k, exploration_bonus, gated_bonus, mix
 
 
 def planted(sizes=(12, 8, 4), dim=16, noise=0.05, seed=0):
@@ -79,6 +79,18 @@ def test_mix_raw_and_standardised():
     torch.testing.assert_close(mix(q, bonus, beta=0.5, scale="standardised", unit=0.3), q + 0.5 * 0.3 * zb)
     # constant bonus: standardising gives 0, not a division by zero
     torch.testing.assert_close(mix(q, torch.ones(3), 1.0, "standardised", unit=0.3), q)
+
+
+def test_median_gate_pays_the_bonus_only_at_or_above_the_groups_median_quality():
+    bonus = torch.tensor([2.0, 1.5, 3.0, 1.2])
+    q = torch.tensor([0.9, 0.2, 0.4, 0.6])  # median 0.5, the mean of the two middle values: 0.9 and 0.6 keep theirs
+    torch.testing.assert_close(gated_bonus(q, bonus, "median"), torch.tensor([2.0, 1.0, 1.0, 1.2]))
+    odd = torch.tensor([0.9, 0.2, 0.4])  # median 0.4 itself: kept
+    torch.testing.assert_close(gated_bonus(odd, bonus[:3], "median"), torch.tensor([2.0, 1.0, 3.0]))
+    torch.testing.assert_close(gated_bonus(torch.ones(4), bonus, "median"), bonus)  # ties: all at the median
+    assert gated_bonus(q, bonus, "none") is bonus
+    with pytest.raises(ValueError, match="gate must be 'none' or 'median'"):
+        gated_bonus(q, bonus, "mean")
 
 
 @pytest.mark.parametrize("global_std", [False, True])

@@ -97,6 +97,24 @@ def test_diverse_grpo_at_beta_0_scores_like_sa_reg(tiny_toy_dir):
         assert not torch.equal(one.rewards, plain.rewards)
 
 
+def test_the_median_gate_takes_the_bonus_from_the_lower_half_of_each_group(tiny_toy_dir):
+    """Through the trainer's scoring, raw mix: an image below its group's median quality earns Q + beta (E = 1),
+    the others Q + beta E as without the gate; the bonus recorded is E, before the gate."""
+    from diversegrpo.trainer import CreativeSettings
+
+    rollout = _rollout(lora_backbone(tiny_toy_dir))
+    paper = score(rollout, ColourReward(), PooledPixels(), CreativeSettings(beta=0.5, mix="raw", k=2, gate="none"))
+    gated = score(rollout, ColourReward(), PooledPixels(), CreativeSettings(beta=0.5, mix="raw", k=2, gate="median"))
+    assert torch.equal(gated.bonus, paper.bonus) and torch.equal(gated.quality, paper.quality)
+    for g in torch.unique(rollout.group_ids):
+        members = rollout.group_ids == g
+        q = paper.quality[members]
+        below = q < q.quantile(0.5)
+        assert 0 < int(below.sum()) < len(q)
+        torch.testing.assert_close(gated.rewards[members][below], q[below] + 0.5)
+        torch.testing.assert_close(gated.rewards[members][~below], paper.rewards[members][~below])
+
+
 # ----- EMA --------------------------------------------------------------------------------------------------
 def test_ema_follows_flow_grpos_schedule():
     """decay min((1 + n) / (10 + n), 0.9) at optimizer step n, an update every 8th step ((n + 1) % 8 == 0),

@@ -3,6 +3,7 @@
 Per prompt group of N images: pairwise perceptual distances -> Gaussian affinity -> normalised
 affinity M = D^-1/2 A D^-1/2 -> top-k eigenvectors, rows L2-normalised -> k-means -> exploration bonus
 E_i = sqrt(N / n_{k(i)}): images in rare clusters (rare modes) earn more. R_i = Q_i + beta * E_i.
+Optionally (not the paper's) a gate pays E only to images of at least their group's median quality.
 
 Everything here is small dense linear algebra on CPU in float64 (N ~ 24): no GPU sync is worth it.
 """
@@ -18,6 +19,7 @@ import torch
 Sigma = Union[float, Literal["median", "local"]]
 NumClusters = Union[int, Literal["auto"]]
 MixScale = Literal["raw", "standardised"]
+Gate = Literal["none", "median"]
 _TINY = 1e-12
 
 
@@ -131,6 +133,22 @@ def exploration_bonus(
         num_clusters=int((sizes > 0).sum()),
         eigenvalues=eigenvalues.copy(),
     )
+
+
+def median_gate(quality: torch.Tensor) -> torch.Tensor:
+    """(N,) bool for one group's (N,) quality: at least the group's median (the mean of the two middle values)."""
+    return quality >= torch.quantile(quality.float(), 0.5).to(quality.dtype)
+
+
+def gated_bonus(quality: torch.Tensor, bonus: torch.Tensor, gate: Gate) -> torch.Tensor:
+    """(N,) the bonus one group pays: E itself ("none": the paper's), or ("median") E to the images of at least the
+    group's median quality and 1, the least bonus (that of a group in one cluster), to the others, so that a rare
+    cluster of images the reward scores low earns no more than the common ones."""
+    if gate == "none":
+        return bonus
+    if gate == "median":
+        return torch.where(median_gate(quality), bonus, torch.ones_like(bonus))
+    raise ValueError(f"creative gate must be 'none' or 'median', got {gate!r}")
 
 
 def _canonical(labels: np.ndarray) -> np.ndarray:

@@ -23,7 +23,7 @@ import torch
 
 from . import config, regularizers
 from .backbones.base import Backbone
-from .creative import cosine_distances, exploration_bonus, mix
+from .creative import cosine_distances, exploration_bonus, gated_bonus, mix
 from .distributed import Collective, SingleProcess
 from .ema import EMA, EmaSettings
 from .evaluation import Reward, check_finite
@@ -63,6 +63,7 @@ class CreativeSettings:
     k_max: int
     sigma: float | str
     knn: int
+    gate: str  # none (the paper's) | median
 
 
 @dataclass
@@ -215,7 +216,7 @@ class Scores:
 
     quality: torch.Tensor  # (B,) the reward model's score
     rewards: torch.Tensor  # (B,) what the advantages see: quality, or quality mixed with the bonus
-    bonus: torch.Tensor | None  # (B,) exploration bonus E
+    bonus: torch.Tensor | None  # (B,) exploration bonus E, before any gate
     diversity: float  # mean pairwise distance inside a group, averaged over groups
     clusters: float  # mean clusters found per group (nan without the creative reward)
     layout: BatchLayout
@@ -245,7 +246,8 @@ def score(
         members = layout.group_ids == g
         out = exploration_bonus(d, k=creative.k, sigma=creative.sigma, knn=creative.knn, k_max=creative.k_max)
         bonus[members] = out.bonus
-        rewards[members] = mix(quality[members], out.bonus, creative.beta, creative.mix, unit[members])
+        paid = gated_bonus(quality[members], out.bonus, creative.gate)  # (N_g,)
+        rewards[members] = mix(quality[members], paid, creative.beta, creative.mix, unit[members])
         clusters.append(out.num_clusters)
     check_finite("reward after the creative bonus", rewards, prompts)
     return Scores(quality, rewards, bonus, diversity, float(np.mean(clusters)), layout, prompts)
