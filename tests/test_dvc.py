@@ -187,6 +187,8 @@ def table_sections(markdown: str) -> dict[str, list[str]]:
     """split -> the table lines of its Table 1 (the first table of its `## <split> split` section)."""
     out = {}
     for section in markdown.split("\n## ")[1:]:
+        if not section.split("\n", 1)[0].split(" (")[0].endswith(" split"):  # e.g. the paper's claims
+            continue
         table = section.split("\n\n")[1]  # the title, then the table
         out[section.split(" ", 1)[0]] = [line for line in table.splitlines() if line.startswith("|")]
     return out

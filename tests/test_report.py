@@ -146,7 +146,7 @@ def test_a_zero_that_rounding_leaves_negative_prints_as_zero():
 def test_the_k_each_adaptive_run_chose_is_listed_under_table_1(tmp_path):
     import json
 
-    from diversegrpo.stages.report import adaptive_k_records
+    from diversegrpo.stages.report import adaptive_k_records, run_config
 
     assert tables.adaptive_k_markdown([]) == ""
     for name, record in (("fixed", None), ("auto", {"share": 0.66, "sa_steps": 1, "decided": 0.7123, "budget": [0]})):
@@ -154,7 +154,45 @@ def test_the_k_each_adaptive_run_chose_is_listed_under_table_1(tmp_path):
         run = {"method": {}, "adaptive_k": record} if record else {"method": {}}
         (tmp_path / name / "config.json").write_text(json.dumps(run))
     records = adaptive_k_records([("toy", "colour", "fixed", 0), ("toy", "colour", "auto", 1)],
-                                 [str(tmp_path / "fixed"), str(tmp_path / "auto")])
+                                 [run_config(str(tmp_path / name)) for name in ("fixed", "auto")])
     assert records == [{"backbone": "toy", "reward": "colour", "method": "auto", "seed": 1, "share": 0.66,
                         "sa_steps": 1, "decided": 0.7123}]
     assert "| toy | colour | auto | 1 | 0.66 | 1 | 0.712 |" in tables.adaptive_k_markdown(records).splitlines()
+
+
+def test_the_paper_s_claims_are_checked_seed_by_seed():
+    from diversegrpo import claims
+
+    values = made_up()  # no valid share: that claim is not checked
+    values[("sa_reg", 0, "eval")] = {"diversity": 0.1, "mode_entropy": 0.5, f"reward_{REWARD}": 0.75}
+    values[("sa_reg", 1, "eval")] = {"diversity": 0.4, "mode_entropy": 0.5, f"reward_{REWARD}": 0.75}
+    for seed in (0, 1, 2):
+        values[("dominated", seed, "eval")] = {"diversity": 0.5, "mode_entropy": 0.8, f"reward_{REWARD}": 0.69}
+    metrics = long_metrics([0, 1, 2], values)  # standard errors 0.01 x (1 + seed)
+    _, _, per_seed = tables.aggregate(metrics)
+    table = claims.check(per_seed, tables.overall_table(metrics, "overall_se"), ["diverse_grpo", "dominated"])
+    assert set(table.method) == {"diverse_grpo", "dominated"}  # sa_reg and flow_grpo are references, not variants
+    row = table.set_index(["split", "method", "seed"]).loc
+    # Flow-GRPO's gain 0.05 over base, in standard errors hypot(se, se) with se = 0.01 x (1 + seed)
+    gains = [0.05 / np.hypot(0.01 * (1 + s), 0.01 * (1 + s)) for s in (0, 1, 2)]
+    assert [row["train", "diverse_grpo", s].headroom for s in (0, 1, 2)] == pytest.approx(gains)
+    assert [row["train", "diverse_grpo", s].pass_headroom for s in (0, 1, 2)] == [True, False, False]  # >= 3
+    assert [row["eval", "diverse_grpo", s].pass_headroom for s in (0, 1, 2)] == [True, True, True]  # > 0
+    assert row["eval", "diverse_grpo", 2].collapse == pytest.approx(0.2 / 0.9)
+    assert row["eval", "diverse_grpo", 2].diversity == pytest.approx(0.6 / 0.4)
+    assert row["eval", "diverse_grpo", 0].quality == pytest.approx(0.74 / 0.75)
+    assert row["eval", "diverse_grpo", 0].pass_quality  # >= 0.98
+    assert pd.isna(row["eval", "diverse_grpo", 0].valid) and row["eval", "diverse_grpo", 0].pass_valid is None
+    # SA-Reg between Flow-GRPO (0.2 in seed 0, 0.3 in seed 1) and the variant (0.6): not in seed 0, in seed 1
+    assert [row["eval", "diverse_grpo", s].pass_sa_reg_between for s in (0, 1, 2)] == [False, True, None]
+    assert not row["eval", "dominated", 0].undominated and row["eval", "diverse_grpo", 0].undominated
+    assert [row["eval", "diverse_grpo", s]["all"] for s in (0, 1, 2)] == [False, True, True]
+    assert [row["train", "diverse_grpo", s]["all"] for s in (0, 1, 2)] == [True, False, False]
+
+    text = claims.markdown(table)
+    assert "| toy | pick-score.v2 | diverse_grpo | 1 | 1.8 ✓ | 0.111 ✓ | 2.00 ✓ | 1.000 ✓ | — | ✓ | ✓ | ✓ |" in text
+    assert "toy diverse_grpo: every claim in 3 of 6 cells; headroom 4," in text
+    assert claims.summary(table)["toy"]["dominated"] == {"cells": 3, "all": 0, "headroom": 3, "collapse": 3,
+                                                         "diversity": 2, "quality": 0, "valid": 0,
+                                                         "undominated": 0, "sa_reg_between": 1}
+    assert claims.markdown(claims.check(per_seed, tables.overall_table(metrics, "overall_se"), [])) == ""

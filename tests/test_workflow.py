@@ -112,6 +112,9 @@ def test_metrics_and_report(tiny_run):
     assert entry["mean"] == pytest.approx(overall["diversity"], abs=1e-6)
     assert entry["spread"] == pytest.approx(errors["diversity"], abs=1e-6) and entry["per_seed"] == [entry["mean"]]
     assert summary["seeds"] == [0] and set(summary["ratios"]) == {"eval", "train"}
+    checked = summary["claims"]["toy"]  # one seed x 2 splits x 2 rewards; sa_reg has no creative reward
+    assert set(checked) == {"diverse_grpo"} and checked["diverse_grpo"]["cells"] == 4
+    assert f"toy diverse_grpo: every claim in {checked['diverse_grpo']['all']} of 4 cells;" in table
     for name in ("pareto.png", "curves.png", "grids/toy_colour.png", "grids/toy_contrast.png", "table.tex",
                  "pareto.csv"):
         assert (tiny_run / "results/report" / name).stat().st_size > 0
@@ -259,8 +262,19 @@ def test_summary_aggregates_the_per_seed_metrics_files(seeds_run):
 def test_table_1_has_both_splits_with_mean_and_spread_over_seeds(seeds_run):
     import numpy as np
 
-    table = (seeds_run / "results/report/table.md").read_text()
+    table, claims = (seeds_run / "results/report/table.md").read_text().split("\n## The paper's claims", 1)
     assert "Mean over the 2 seeds 0, 1 ± the sample standard deviation over seeds." in table
+    claim_sections = claims.split("\n### ")[1:]
+    assert [s.split(" ", 1)[0] for s in claim_sections] == list(SPLITS)
+    for split, section in zip(SPLITS, claim_sections):  # each seed of the method with a creative reward
+        for seed in SEEDS:
+            ratio = (overall(seeds_run, "colour/diverse_grpo", seed, split)["diversity"]
+                     / overall(seeds_run, "colour/flow_grpo", seed, split)["diversity"])
+            row = next(line for line in section.splitlines() if line.startswith(f"| toy | colour | diverse_grpo | "
+                                                                                 f"{seed} |"))
+            assert row.split(" | ")[6].startswith(f"{ratio:.2f} ")  # diversity / Flow-GRPO
+    cells = len(SEEDS) * len(SPLITS) * len(SEED_MATRIX["runs"]["rewards"])
+    assert "toy diverse_grpo: every claim in " in claims and f" of {cells} cells;" in claims
     sections = table.split("\n## ")[1:]
     assert [s.split(" ", 1)[0] for s in sections] == list(SPLITS)
     for split, section in zip(SPLITS, sections):

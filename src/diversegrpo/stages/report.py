@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import figures, tables
+from .. import claims, figures, tables
 from ..io import read_parquet, reading, write_csv, write_json, write_text
 
 
@@ -34,14 +34,18 @@ def report_stage(
     rewards = sorted({run[1] for run in runs})
     mean, spread, per_seed = tables.aggregate(metrics)
     split_tables = tables.split_tables(mean, spread, rewards)
-    ratios = tables.ratios(per_seed, tables.overall_table(metrics, "overall_se"))
+    errors = tables.overall_table(metrics, "overall_se")
+    ratios = tables.ratios(per_seed, errors)
     runs = [tuple(run) for run in runs]
-    chosen_k = adaptive_k_records(runs, run_dirs)
-    write_text(tables.table1_markdown(split_tables, ratios, seeds) + tables.adaptive_k_markdown(chosen_k),
-               outputs["table_md"])
+    configs = [run_config(d) for d in run_dirs]
+    chosen_k = adaptive_k_records(runs, configs)
+    checked = claims.check(per_seed, errors, creative_methods(runs, configs))
+    write_text(tables.table1_markdown(split_tables, ratios, seeds) + tables.adaptive_k_markdown(chosen_k)
+               + claims.markdown(checked), outputs["table_md"])
     write_text(tables.table1_latex(split_tables, ratios, seeds), outputs["table_tex"])
     summary = tables.summary(split_tables, per_seed, ratios, seeds)
-    write_json({**summary, "adaptive_k": chosen_k} if chosen_k else summary, outputs["summary"])
+    summary |= {"adaptive_k": chosen_k} if chosen_k else {}
+    write_json(summary | ({"claims": claims.summary(checked)} if len(checked) else {}), outputs["summary"])
 
     curves = {run: read_parquet(Path(d) / "curve.parquet", "training curve", "train") for run, d in zip(runs, run_dirs)}
     logs = {run: read_parquet(Path(d) / "log.parquet", "training log", "train") for run, d in zip(runs, run_dirs)}
@@ -59,12 +63,21 @@ def report_stage(
         figures.plot_grid(chosen, prompts, grid_images, outputs["grids_dir"] + f"/{backbone}_{reward}.png")
 
 
-def adaptive_k_records(runs: list[tuple], run_dirs: list[str]) -> list[dict]:
-    """For every run whose K sa_steps: auto chose: its keys and its config.json's record of the choice."""
+def run_config(run_dir: str) -> dict:
+    with reading("run config", Path(run_dir) / "config.json", "run_config"):
+        return json.loads((Path(run_dir) / "config.json").read_text())
+
+
+def creative_methods(runs: list[tuple], configs: list[dict]) -> list[str]:
+    """The DiverseGRPO variants: the methods trained with a creative reward, whatever their names."""
+    return list(dict.fromkeys(method for (_, _, method, _), c in zip(runs, configs) if c["method"].get("creative")))
+
+
+def adaptive_k_records(runs: list[tuple], configs: list[dict]) -> list[dict]:
+    """For every run whose K sa_steps: auto chose: its keys and its config.json's (`configs`) record of the choice."""
     records = []
-    for (backbone, reward, method, seed), d in zip(runs, run_dirs):
-        with reading("run config", Path(d) / "config.json", "run_config"):
-            chosen = json.loads((Path(d) / "config.json").read_text()).get("adaptive_k")
+    for (backbone, reward, method, seed), config in zip(runs, configs):
+        chosen = config.get("adaptive_k")
         if chosen:
             records.append({"backbone": backbone, "reward": reward, "method": method, "seed": int(seed),
                             **{k: chosen[k] for k in ("share", "sa_steps", "decided")}})
