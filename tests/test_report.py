@@ -163,11 +163,14 @@ def test_the_k_each_adaptive_run_chose_is_listed_under_table_1(tmp_path):
 def test_the_paper_s_claims_are_checked_seed_by_seed():
     from diversegrpo import claims
 
-    values = made_up()  # no valid share: that claim is not checked
+    values = made_up()  # no valid share on the training captions: that claim is not checked there
     values[("sa_reg", 0, "eval")] = {"diversity": 0.1, "mode_entropy": 0.5, f"reward_{REWARD}": 0.75}
     values[("sa_reg", 1, "eval")] = {"diversity": 0.4, "mode_entropy": 0.5, f"reward_{REWARD}": 0.75}
     for seed in (0, 1, 2):
         values[("dominated", seed, "eval")] = {"diversity": 0.5, "mode_entropy": 0.8, f"reward_{REWARD}": 0.69}
+    for seed in (0, 1, 2):  # held-out valid shares: more than Flow-GRPO's passes, 0.06 less fails
+        for method, valid in (("flow_grpo", 0.8), ("diverse_grpo", 0.9), ("dominated", 0.74)):
+            values[(method, seed, "eval")]["valid_share"] = valid
     metrics = long_metrics([0, 1, 2], values)  # standard errors 0.01 x (1 + seed)
     _, _, per_seed = tables.aggregate(metrics)
     table = claims.check(per_seed, tables.overall_table(metrics, "overall_se"), ["diverse_grpo", "dominated"])
@@ -182,7 +185,9 @@ def test_the_paper_s_claims_are_checked_seed_by_seed():
     assert row["eval", "diverse_grpo", 2].diversity == pytest.approx(0.6 / 0.4)
     assert row["eval", "diverse_grpo", 0].quality == pytest.approx(0.74 / 0.75)
     assert row["eval", "diverse_grpo", 0].pass_quality  # >= 0.98
-    assert pd.isna(row["eval", "diverse_grpo", 0].valid) and row["eval", "diverse_grpo", 0].pass_valid is None
+    assert pd.isna(row["train", "diverse_grpo", 0].valid) and row["train", "diverse_grpo", 0].pass_valid is None
+    assert row["eval", "diverse_grpo", 0].valid == pytest.approx(0.1) and row["eval", "diverse_grpo", 0].pass_valid
+    assert row["eval", "dominated", 0].valid == pytest.approx(-0.06) and not row["eval", "dominated", 0].pass_valid
     # SA-Reg between Flow-GRPO (0.2 in seed 0, 0.3 in seed 1) and the variant (0.6): not in seed 0, in seed 1
     assert [row["eval", "diverse_grpo", s].pass_sa_reg_between for s in (0, 1, 2)] == [False, True, None]
     assert not row["eval", "dominated", 0].undominated and row["eval", "diverse_grpo", 0].undominated
@@ -190,7 +195,9 @@ def test_the_paper_s_claims_are_checked_seed_by_seed():
     assert [row["train", "diverse_grpo", s]["all"] for s in (0, 1, 2)] == [True, False, False]
 
     text = claims.markdown(table)
-    assert "| toy | pick-score.v2 | diverse_grpo | 1 | 1.8 ✓ | 0.111 ✓ | 2.00 ✓ | 1.000 ✓ | — | ✓ | ✓ | ✓ |" in text
+    assert "| diverse_grpo | 1 | 1.8 ✓ | 0.111 ✓ | 2.00 ✓ | 1.000 ✓ | +0.100 ✓ | ✓ | ✓ | ✓ |" in text
+    train = text.split("### train split")[1]  # no valid share, no SA-Reg run: — , and `all` over the rest
+    assert "| toy | pick-score.v2 | diverse_grpo | 0 | 3.5 ✓ | 0.000 ✓ | 2.33 ✓ | 0.987 ✓ | — | ✓ | — | ✓ |" in train
     assert "toy diverse_grpo: every claim in 3 of 6 cells; headroom 4," in text
     assert claims.summary(table)["toy"]["dominated"] == {"cells": 3, "all": 0, "headroom": 3, "collapse": 3,
                                                          "diversity": 2, "quality": 0, "valid": 0,
