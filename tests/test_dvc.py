@@ -263,6 +263,16 @@ def test_metrics_show_reports_the_table(repro):
 
 
 @pytestmark_slow
+def test_each_sweep_point_is_checked_against_the_runs_of_the_evaluate_phase(repro):
+    import pandas as pd
+
+    work, _, _ = repro
+    sweeps = pd.read_parquet(work / "results/analyses/sweeps.parquet")
+    # one seed per point, checked against base and Flow-GRPO (no SA-Reg in MATRIX: that claim is not checked)
+    assert len(sweeps) and (sweeps.claims_seeds == 1).all() and sweeps.claims_met.isin([0, 1]).all()
+
+
+@pytestmark_slow
 def test_push_then_fresh_clone_pull_and_touch_is_up_to_date(repro, tmp_path):
     work, env, _ = repro
     git(work, "add", "dvc.lock")

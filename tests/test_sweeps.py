@@ -68,3 +68,26 @@ def test_each_parameter_gets_a_figure_even_without_values(tmp_path):
     figures.plot_sweep(table, "sa_steps", tmp_path / "k.png")
     figures.plot_sweep(table.iloc[:0], "beta", tmp_path / "beta.png")
     assert (tmp_path / "k.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "beta.png").stat().st_size > 0
+
+
+def test_each_point_counts_the_seeds_that_meet_every_claim():
+    from diversegrpo import claims, tables
+
+    def rows(method, seed, diversity, colour, se=0.01):
+        keys = {"backbone": "toy", "reward": "" if method == "base" else "colour", "method": method, "seed": seed,
+                "split": "train", "prompt": ""}
+        values = {"diversity": diversity, "reward_colour": colour, "mode_entropy": diversity}
+        return [{**keys, "scope": scope, "metric": m, "value": v if scope == "overall" else se}
+                for m, v in values.items() for scope in ("overall", "overall_se")]
+
+    references = [r for s in (0, 1) for r in rows("base", s, 0.8, 0.6) + rows("flow_grpo", s, 0.2, 0.8)]
+    points = rows("dg", 0, 0.5, 0.79) + rows("dg", 1, 0.5, 0.7) + rows("dg-beta0.1", 0, 0.25, 0.8)
+    every = pd.DataFrame(references + points)
+    _, _, per_seed = tables.aggregate(every)
+    checked = claims.check(per_seed, tables.overall_table(every, "overall_se"), ["dg", "dg-beta0.1"])
+    seconds = {("toy", "colour", m, s): 1.0 for m, s in (("dg", 0), ("dg", 1), ("dg-beta0.1", 0))}
+    table = sweep_table([("beta", 0.05, "dg"), ("beta", 0.1, "dg-beta0.1")], pd.DataFrame(points), seconds, checked)
+    # dg: seed 0 at 0.79 / 0.8 of Flow-GRPO's reward (>= 0.98) meets every claim (no SA-Reg run: not checked), seed 1
+    # at 0.875 does not; dg-beta0.1: 1.25x Flow-GRPO's diversity, short of 1.3x
+    assert table[["method", "claims_met", "claims_seeds"]].values.tolist() == [["dg", 1, 2], ["dg-beta0.1", 0, 1]]
+    assert "claims_met" not in sweep_table([("beta", 0.05, "dg")], pd.DataFrame(points), seconds)
