@@ -121,10 +121,10 @@ def markdown(table: pd.DataFrame) -> str:
                      *(_cell(name, r[name], r[f"pass_{name}"]) for name in CLAIMS), _mark(r["all"])]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
-    for (backbone, method), rows in table.groupby(["backbone", "method"], sort=False):
-        lines.append(f"{backbone} {method}: every claim in {int(rows['all'].sum())} of {len(rows)} cells; "
-                     + ", ".join(f"{name} {int((rows[f'pass_{name}'] == True).sum())}"  # noqa: E712 (None stays out)
-                                 for name in CLAIMS) + ".")
+    for backbone, methods in summary(table).items():
+        for method, counts in methods.items():
+            lines.append(f"{backbone} {method}: every claim in {counts['all']} of {counts['cells']} cells; "
+                         + ", ".join(f"{name} {counts[name]}" for name in CLAIMS) + ".")
     return "\n".join(lines) + "\n"
 
 
@@ -148,6 +148,6 @@ def summary(table: pd.DataFrame) -> dict:
     for (backbone, method), rows in table.groupby(["backbone", "method"], sort=False):
         out.setdefault(backbone, {})[method] = {
             "cells": len(rows), "all": int(rows["all"].sum()),
-            **{name: int((rows[f"pass_{name}"] == True).sum()) for name in CLAIMS},  # noqa: E712
+            **{name: int((rows[f"pass_{name}"] == True).sum()) for name in CLAIMS},  # noqa: E712 (None stays out)
         }
     return out

@@ -4,8 +4,12 @@ metrics. The figures are figures.py's."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
+
+from .io import read_parquet
 
 # (metric, header, higher is better); rewards are added per table
 COLUMNS = [
@@ -22,6 +26,13 @@ SPLITS = {"eval": "held-out captions", "train": "training captions"}  # the samp
 KEYS = ["split", "backbone", "reward", "method"]  # a row of Table 1 (one per split); per seed, plus "seed"
 BASELINE, DIVERSE = "flow_grpo", "diverse_grpo"  # the ratios' denominator and numerator methods
 RATIOS = {"diversity": "diversity", "mode_entropy": "mode entropy", "reward": "reward"}  # reward: the run's own
+
+
+def read_metrics(files: list[str]) -> pd.DataFrame:
+    """The evaluate stage's metrics files, one long table; a base model's file (.../base/seed<s>/) is named for the
+    rule that writes it, evaluate_base, in a read error."""
+    return pd.concat([read_parquet(f, "metrics", "evaluate_base" if Path(f).parent.parent.name == "base" else
+                                   "evaluate") for f in files], ignore_index=True)
 
 
 def overall_table(metrics: pd.DataFrame, scope: str = "overall") -> pd.DataFrame:

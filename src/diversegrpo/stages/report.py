@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pandas as pd
-
 from .. import claims, figures, tables
 from ..io import read_parquet, reading, write_csv, write_json, write_text
 
@@ -26,11 +24,7 @@ def report_stage(
 ) -> None:
     """`runs` (backbone, reward, method, seed) with their directories `run_dirs`; the image grids show
     `grid_samples` of `grid_runs` and the base model's `base_samples` per backbone (one seed's)."""
-    metrics = pd.concat(
-        [read_parquet(f, "metrics", "evaluate_base" if Path(f).parent.parent.name == "base" else "evaluate")
-         for f in metrics_files],
-        ignore_index=True,
-    )
+    metrics = tables.read_metrics(metrics_files)
     rewards = sorted({run[1] for run in runs})
     mean, spread, per_seed = tables.aggregate(metrics)
     split_tables = tables.split_tables(mean, spread, rewards)
@@ -44,8 +38,11 @@ def report_stage(
                + claims.markdown(checked), outputs["table_md"])
     write_text(tables.table1_latex(split_tables, ratios, seeds), outputs["table_tex"])
     summary = tables.summary(split_tables, per_seed, ratios, seeds)
-    summary |= {"adaptive_k": chosen_k} if chosen_k else {}
-    write_json(summary | ({"claims": claims.summary(checked)} if len(checked) else {}), outputs["summary"])
+    if chosen_k:
+        summary["adaptive_k"] = chosen_k
+    if len(checked):
+        summary["claims"] = claims.summary(checked)
+    write_json(summary, outputs["summary"])
 
     curves = {run: read_parquet(Path(d) / "curve.parquet", "training curve", "train") for run, d in zip(runs, run_dirs)}
     logs = {run: read_parquet(Path(d) / "log.parquet", "training log", "train") for run, d in zip(runs, run_dirs)}

@@ -9,7 +9,6 @@ claim of the report's check (claims.py) against the base model, Flow-GRPO and SA
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pandas as pd
 
@@ -59,13 +58,14 @@ def sweeps_stage(points: list[tuple], runs: list[tuple], metrics_files: list[str
     metrics and timings files in the same order; `reference_files`: the metrics of the base model and of the
     claims' reference methods (claims.REFERENCES). Writes the table and one figure per parameter."""
     runs = [(b, r, m, int(s)) for b, r, m, s in runs]
-    metrics = pd.concat([read_parquet(f, "metrics", "evaluate") for f in metrics_files], ignore_index=True)
+    metrics = tables.read_metrics(metrics_files)
     seconds = {run: seconds_per_iteration(read_parquet(f, "timings", "train")) for run, f in zip(runs, timings_files)}
-    references = [read_parquet(f, "metrics", "evaluate_base" if Path(f).parent.parent.name == "base" else "evaluate")
-                  for f in reference_files]
-    every = pd.concat([metrics, *references], ignore_index=True).drop_duplicates()
-    _, _, per_seed = tables.aggregate(every)
-    checked = claims.check(per_seed, tables.overall_table(every, "overall_se"), [m for _, _, m in points])
+    if reference_files:
+        every = pd.concat([metrics, tables.read_metrics(reference_files)], ignore_index=True)
+    else:
+        every = metrics
+    checked = claims.check(tables.overall_table(every), tables.overall_table(every, "overall_se"),
+                           [m for _, _, m in points])
     table = sweep_table(points, metrics, seconds, checked)
     write_parquet(table, outputs["table"])
     print(table.to_string())
