@@ -10,10 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .tables import BASELINE, KEYS, SPLITS, split_title
+from .config import BASELINE, SA_REG
+from .tables import KEYS, SPLITS, split_title
 
-SA_REG = "sa_reg"
-REFERENCES = (BASELINE, SA_REG)  # the trained methods a variant is checked against (and the base model)
 HEADROOM_SE = {"train": 3.0}  # Flow-GRPO's reward gain over base, in standard errors: at least this on the training
 #                               captions (GRPO's own prompts); on any other split (held-out) above 0
 COLLAPSE = 0.6  # Flow-GRPO's mode entropy at most this times the base model's

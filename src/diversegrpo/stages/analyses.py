@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 
 from .. import dynamics, figures
+from ..config import BASELINE
 from ..io import read_parquet, write_parquet
 
-BASELINE = "flow_grpo"
 # Iterations the training reward is averaged over: one iteration's 8 prompts x 8 rollouts are too noisy to say
 # when a level is reached. Default run, iterations 60-119: the iteration-to-iteration standard deviation of
 # the reward is 0.038-0.057, that of its 10-iteration average 0.014-0.022 (Flow-GRPO and DiverseGRPO).
