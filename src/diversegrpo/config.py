@@ -199,7 +199,7 @@ def _short(error) -> str:
 RESERVED_METHODS = ("base",)  # the untrained reference run of every backbone
 # The methods the paper compares with, by their names in config.yaml: Flow-GRPO is every ratio's denominator, and
 # the claims check (claims.py) holds each DiverseGRPO variant against it and SA-Reg. Here, not in claims.py, so that
-# the workflow can route the sweeps' inputs without importing torch and pandas (a second of every snakemake call).
+# the workflow can route the sweeps' inputs without importing torch and pandas (2.5 s of every snakemake call).
 BASELINE, SA_REG = "flow_grpo", "sa_reg"
 REFERENCES = (BASELINE, SA_REG)
 
