@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .config import BASELINE, SA_REG
+from .methods import BASELINE, SA_REG
 from .tables import KEYS, SPLITS, split_title
 
 HEADROOM_SE = {"train": 3.0}  # Flow-GRPO's reward gain over base, in standard errors: at least this on the training

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from .methods import DIVERSE
 from .registry import BACKBONES, FEATURES, PRETRAINED_BACKBONES, REWARDS, WORLDS, world_class
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -197,11 +198,6 @@ def _short(error) -> str:
 
 
 RESERVED_METHODS = ("base",)  # the untrained reference run of every backbone
-# The methods the paper compares with, by their names in config.yaml: Flow-GRPO is every ratio's denominator, and
-# the claims check (claims.py) holds each DiverseGRPO variant against it and SA-Reg. Here, not in claims.py, so that
-# the workflow can route the sweeps' inputs without importing torch and pandas (2.5 s of every snakemake call).
-BASELINE, SA_REG = "flow_grpo", "sa_reg"
-REFERENCES = (BASELINE, SA_REG)
 
 
 def semantic_errors(config: dict, root: Path = Path(".")) -> list[str]:
@@ -594,7 +590,7 @@ def run_spec(config: dict, backbone: str, reward: str, method: str, backbone_dir
 
 # The run whose settings are the Python API's defaults (trainer.TrainSettings(group_size=4) in tests and
 # benchmarks): config/config.yaml's own DiverseGRPO, the method that sets every field.
-PACKAGED_METHOD = "diverse_grpo"
+PACKAGED_METHOD = DIVERSE
 
 
 @functools.cache

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import BASELINE
 from .io import read_parquet
+from .methods import BASELINE, DIVERSE
 
 # (metric, header, higher is better); rewards are added per table
 COLUMNS = [
@@ -25,7 +25,6 @@ COLUMNS = [
 ]
 SPLITS = {"eval": "held-out captions", "train": "training captions"}  # the sample stage's splits, in table order
 KEYS = ["split", "backbone", "reward", "method"]  # a row of Table 1 (one per split); per seed, plus "seed"
-DIVERSE = "diverse_grpo"  # the ratios' numerator method (BASELINE, Flow-GRPO, their denominator)
 RATIOS = {"diversity": "diversity", "mode_entropy": "mode entropy", "reward": "reward"}  # reward: the run's own
 
 

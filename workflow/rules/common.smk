@@ -5,7 +5,7 @@ import sys
 from snakemake.settings.types import DeploymentMethod
 from diversegrpo import config as cfg
 from diversegrpo.registry import PRETRAINED_BACKBONES, WORLDS
-from diversegrpo.config import REFERENCES as CLAIM_REFERENCES
+from diversegrpo.methods import REFERENCES as CLAIM_REFERENCES
 
 
 def _check_caption_paths():

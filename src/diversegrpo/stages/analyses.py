@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from .. import dynamics, figures
-from ..config import BASELINE
 from ..io import read_parquet, write_parquet
+from ..methods import BASELINE
 
 # Iterations the training reward is averaged over: one iteration's 8 prompts x 8 rollouts are too noisy to say
 # when a level is reached. Default run, iterations 60-119: the iteration-to-iteration standard deviation of

@@ -56,7 +56,7 @@ def sweeps_stage(points: list[tuple], runs: list[tuple], metrics_files: list[str
                  outputs: dict[str, str], reference_files: list[str] = ()) -> None:
     """`points` (parameter, value, method); `runs` (backbone, reward, method, seed) of every point, with their
     metrics and timings files in the same order; `reference_files`: the metrics of the base model and of the
-    claims' reference methods (config.REFERENCES). Writes the table and one figure per parameter."""
+    claims' reference methods (methods.REFERENCES). Writes the table and one figure per parameter."""
     runs = [(b, r, m, int(s)) for b, r, m, s in runs]
     metrics = tables.read_metrics(metrics_files)
     seconds = {run: seconds_per_iteration(read_parquet(f, "timings", "train")) for run, f in zip(runs, timings_files)}
