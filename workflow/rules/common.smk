@@ -144,6 +144,9 @@ def base_metrics_path(b, s):
     return f"{RESULTS}/metrics/{b}/base/seed{s}/metrics.parquet"
 
 
+BASE_METRICS = [base_metrics_path(b, s) for b in config["runs"]["backbones"] for s in SEEDS]  # every backbone and seed
+
+
 def _check_run_configs():
     """A run's config.json that is no longer JSON (a disk error, a stray edit) is newer than its LoRA and has
     another checksum: Snakemake reruns the train job, which deletes the trained LoRA before it reads the

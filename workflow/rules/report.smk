@@ -7,8 +7,7 @@ GRID_SEED = SEEDS[0]  # the image grids show the first seed's images
 
 rule report:
     input:
-        metrics=[metrics_path(*run) for run in RUNS]
-        + [base_metrics_path(b, s) for b in config["runs"]["backbones"] for s in SEEDS],
+        metrics=[metrics_path(*run) for run in RUNS] + BASE_METRICS,
         logs=[f"{run_path(*run)}/log.parquet" for run in RUNS],
         configs=[f"{run_path(*run)}/config.json" for run in RUNS],  # the K an adaptive run chose
         curves=[f"{run_path(*run)}/curve.parquet" for run in RUNS],

@@ -11,9 +11,7 @@ SWEEP_RUNS = [
     for s in SEEDS
 ]
 # what the claims of each point are checked against: the base model, Flow-GRPO and SA-Reg, where the matrix has them
-SWEEP_REFERENCES = [base_metrics_path(b, s) for b in config["runs"]["backbones"] for s in SEEDS] + [
-    metrics_path(*run) for run in RUNS if run[2] in CLAIM_REFERENCES
-]
+SWEEP_REFERENCES = BASE_METRICS + [metrics_path(*run) for run in RUNS if run[2] in CLAIM_REFERENCES]
 
 
 rule sweeps:
