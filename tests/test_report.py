@@ -40,7 +40,8 @@ def made_up() -> dict:
 
 
 def test_mean_and_sample_std_over_seeds_per_split():
-    mean, spread, per_seed = tables.aggregate(long_metrics([0, 1, 2], made_up()))
+    aggregated = tables.aggregate(long_metrics([0, 1, 2], made_up()))
+    mean, spread, per_seed = aggregated.mean, aggregated.spread, aggregated.per_seed
     row = lambda t, split, method: t[(t.split == split) & (t.method == method)].iloc[0]  # noqa: E731
     flow = [0.2, 0.3, 0.4]
     assert row(mean, "eval", "flow_grpo").diversity == pytest.approx(np.mean(flow))
@@ -51,14 +52,15 @@ def test_mean_and_sample_std_over_seeds_per_split():
 
 
 def test_one_seed_keeps_its_bootstrap_standard_error():
-    mean, spread, _ = tables.aggregate(long_metrics([1], made_up()))
+    aggregated = tables.aggregate(long_metrics([1], made_up()))
+    mean, spread = aggregated.mean, aggregated.spread
     flow = spread[(spread.split == "eval") & (spread.method == "flow_grpo")].iloc[0]
     assert flow.diversity == pytest.approx(0.02)  # seed 1's overall_se
     assert mean[(mean.split == "eval") & (mean.method == "flow_grpo")].iloc[0].diversity == pytest.approx(0.3)
 
 
 def test_ratios_per_seed_and_missing_where_flow_grpo_is_zero():
-    _, _, per_seed = tables.aggregate(long_metrics([0, 1, 2], made_up()))
+    per_seed = tables.aggregate(long_metrics([0, 1, 2], made_up())).per_seed
     ratios = tables.ratios(per_seed)
     eval_ratios = ratios[ratios.split == "eval"].set_index("seed")
     assert list(eval_ratios.index) == [0, 1, 2]
@@ -72,8 +74,8 @@ def test_ratios_per_seed_and_missing_where_flow_grpo_is_zero():
 
 def test_ratio_standard_errors_combine_the_two_runs_bootstrap_ones():
     metrics = long_metrics([0, 1, 2], made_up())  # every metric's standard error: 0.01 x (1 + seed)
-    _, _, per_seed = tables.aggregate(metrics)
-    ratios = tables.ratios(per_seed, tables.overall_table(metrics, "overall_se")).query("split == 'eval'")
+    aggregated = tables.aggregate(metrics)
+    ratios = tables.ratios(aggregated.per_seed, aggregated.errors).query("split == 'eval'")
     seed_1 = ratios.set_index("seed").loc[1]
     # reward: 0.75 / 0.75 with both standard errors 0.02 -> hypot(0.02, 1 x 0.02) / 0.75
     assert seed_1.ratio_reward_se == pytest.approx(np.hypot(0.02, 0.02) / 0.75)
@@ -85,10 +87,11 @@ def test_ratio_standard_errors_combine_the_two_runs_bootstrap_ones():
 def test_summary_and_table_1_per_split():
     seeds = [0, 1, 2]
     metrics = long_metrics(seeds, made_up())
-    mean, spread, per_seed = tables.aggregate(metrics)
-    split_tables = tables.split_tables(mean, spread, [REWARD])
+    aggregated = tables.aggregate(metrics)
+    per_seed = aggregated.per_seed
+    split_tables = tables.split_tables(aggregated.mean, aggregated.spread, [REWARD])
     assert list(split_tables) == ["eval", "train"]
-    ratios = tables.ratios(per_seed, tables.overall_table(metrics, "overall_se"))
+    ratios = tables.ratios(per_seed, aggregated.errors)
     summary = tables.summary(split_tables, per_seed, ratios, seeds)
     flow = summary["eval"]["toy"][REWARD]["flow_grpo"]["diversity"]
     assert flow == {"mean": pytest.approx(0.3), "spread": pytest.approx(0.1),
@@ -120,7 +123,8 @@ def test_one_seed_says_its_spread_is_the_bootstrap_error():
 def test_pareto_plot_draws_the_final_stars_of_any_reward_name(monkeypatch, tmp_path):
     """itertuples renames a column such as reward_pick-score.v2: the stars must be found by column access."""
     seeds = [0, 1]
-    mean, spread, _ = tables.aggregate(long_metrics(seeds, made_up()))
+    aggregated = tables.aggregate(long_metrics(seeds, made_up()))
+    mean, spread = aggregated.mean, aggregated.spread
     split_tables = tables.split_tables(mean, spread, [REWARD])
     curve = pd.DataFrame({"iteration": [0, 1], "diversity": [0.8, 0.5], "reward_reward": [0.7, 0.75]})
     data = figures.pareto_data({("toy", REWARD, m, s): curve for m in ("flow_grpo", "diverse_grpo") for s in seeds})
@@ -172,8 +176,8 @@ def test_the_paper_s_claims_are_checked_seed_by_seed():
         for method, valid in (("flow_grpo", 0.8), ("diverse_grpo", 0.9), ("dominated", 0.74)):
             values[(method, seed, "eval")]["valid_share"] = valid
     metrics = long_metrics([0, 1, 2], values)  # standard errors 0.01 x (1 + seed)
-    _, _, per_seed = tables.aggregate(metrics)
-    table = claims.check(per_seed, tables.overall_table(metrics, "overall_se"), ["diverse_grpo", "dominated"])
+    aggregated = tables.aggregate(metrics)
+    table = claims.check(aggregated.per_seed, aggregated.errors, ["diverse_grpo", "dominated"])
     assert set(table.method) == {"diverse_grpo", "dominated"}  # sa_reg and flow_grpo are references, not variants
     row = table.set_index(["split", "method", "seed"]).loc
     # Flow-GRPO's gain 0.05 over base, in standard errors hypot(se, se) with se = 0.01 x (1 + seed)
@@ -202,4 +206,4 @@ def test_the_paper_s_claims_are_checked_seed_by_seed():
     assert claims.summary(table)["toy"]["dominated"] == {"cells": 3, "all": 0, "headroom": 3, "collapse": 3,
                                                          "diversity": 2, "quality": 0, "valid": 0,
                                                          "undominated": 0, "sa_reg_between": 1}
-    assert claims.markdown(claims.check(per_seed, tables.overall_table(metrics, "overall_se"), [])) == ""
+    assert claims.markdown(claims.check(aggregated.per_seed, aggregated.errors, [])) == ""

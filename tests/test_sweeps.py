@@ -83,8 +83,8 @@ def test_each_point_counts_the_seeds_that_meet_every_claim():
     references = [r for s in (0, 1) for r in rows("base", s, 0.8, 0.6) + rows("flow_grpo", s, 0.2, 0.8)]
     points = rows("dg", 0, 0.5, 0.79) + rows("dg", 1, 0.5, 0.7) + rows("dg-beta0.1", 0, 0.25, 0.8)
     every = pd.DataFrame(references + points)
-    _, _, per_seed = tables.aggregate(every)
-    checked = claims.check(per_seed, tables.overall_table(every, "overall_se"), ["dg", "dg-beta0.1"])
+    aggregated = tables.aggregate(every)
+    checked = claims.check(aggregated.per_seed, aggregated.errors, ["dg", "dg-beta0.1"])
     seconds = {("toy", "colour", m, s): 1.0 for m, s in (("dg", 0), ("dg", 1), ("dg-beta0.1", 0))}
     table = sweep_table([("beta", 0.05, "dg"), ("beta", 0.1, "dg-beta0.1")], pd.DataFrame(points), seconds, checked)
     # dg: seed 0 at 0.79 / 0.8 of Flow-GRPO's reward (>= 0.98) meets every claim (no SA-Reg run: not checked), seed 1

@@ -4,6 +4,7 @@ metrics. The figures are figures.py's."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,18 +46,27 @@ def overall_table(metrics: pd.DataFrame, scope: str = "overall") -> pd.DataFrame
     return table
 
 
-def aggregate(metrics: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(mean, spread, per_seed) of the evaluate stage's long metrics (every run, base included, every seed).
-    mean: one row per KEYS, the mean over seeds of each overall metric; spread: the same rows, the sample
-    standard deviation over seeds where a row has two seeds or more, and with one seed that seed's bootstrap
-    standard error (a metric without one, e.g. FD: NaN); per_seed: overall_table, one row per seed."""
+@dataclass
+class SeedTables:
+    """The evaluate stage's overall metrics, per seed and over seeds (aggregate)."""
+
+    mean: pd.DataFrame  # one row per KEYS: the mean over seeds of each overall metric
+    spread: pd.DataFrame  # the same rows: the sample std over seeds, or with one seed its bootstrap standard error
+    per_seed: pd.DataFrame  # overall_table: one row per KEYS and seed
+    errors: pd.DataFrame  # overall_table(..., "overall_se"): each seed's bootstrap standard errors
+
+
+def aggregate(metrics: pd.DataFrame) -> SeedTables:
+    """The evaluate stage's long metrics (every run, base included, every seed) per seed and over seeds. The spread
+    is the sample standard deviation over seeds where a row has two seeds or more, and with one seed that seed's
+    bootstrap standard error (a metric without one, e.g. FD: NaN)."""
     per_seed = overall_table(metrics)
+    errors = overall_table(metrics, "overall_se")
     columns = [c for c in per_seed if c not in (*KEYS, "seed")]
     groups = per_seed.groupby(KEYS, sort=False)
     mean = groups[columns].mean().reset_index()
     std = groups[columns].std(ddof=1).reset_index()
     counts = groups.size().to_numpy()
-    errors = overall_table(metrics, "overall_se")
     single = errors.set_index(KEYS) if len(errors) else None
     rows = []
     for (key, row), n in zip(std.set_index(KEYS).iterrows(), counts):
@@ -66,7 +76,7 @@ def aggregate(metrics: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.Dat
         rows.append(row[columns])
     spread = pd.DataFrame(rows, columns=columns).reset_index(drop=True)
     spread = pd.concat([std[KEYS].reset_index(drop=True), spread.astype(float)], axis=1)
-    return mean, spread, per_seed
+    return SeedTables(mean, spread, per_seed, errors)
 
 
 def ratios(per_seed: pd.DataFrame, errors: pd.DataFrame | None = None) -> pd.DataFrame:

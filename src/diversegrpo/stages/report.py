@@ -26,9 +26,9 @@ def report_stage(
     `grid_samples` of `grid_runs` and the base model's `base_samples` per backbone (one seed's)."""
     metrics = tables.read_metrics(metrics_files)
     rewards = sorted({run[1] for run in runs})
-    mean, spread, per_seed = tables.aggregate(metrics)
-    split_tables = tables.split_tables(mean, spread, rewards)
-    errors = tables.overall_table(metrics, "overall_se")
+    seeds_tables = tables.aggregate(metrics)
+    per_seed, errors = seeds_tables.per_seed, seeds_tables.errors
+    split_tables = tables.split_tables(seeds_tables.mean, seeds_tables.spread, rewards)
     ratios = tables.ratios(per_seed, errors)
     runs = [tuple(run) for run in runs]
     configs = [run_config(d) for d in run_dirs]
