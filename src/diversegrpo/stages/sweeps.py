@@ -64,8 +64,8 @@ def sweeps_stage(points: list[tuple], runs: list[tuple], metrics_files: list[str
         every = pd.concat([metrics, tables.read_metrics(reference_files)], ignore_index=True)
     else:
         every = metrics
-    every_seed = tables.aggregate(every)
-    checked = claims.check(every_seed.per_seed, every_seed.errors, [m for _, _, m in points])
+    checked = claims.check(tables.overall_table(every), tables.overall_table(every, "overall_se"),
+                           [m for _, _, m in points])
     table = sweep_table(points, metrics, seconds, checked)
     write_parquet(table, outputs["table"])
     print(table.to_string())
